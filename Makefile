@@ -1,0 +1,30 @@
+# Two commands for a fresh machine (Python >= 3.11): `make run` and `make test`.
+# Both create .venv on first use and reuse it afterwards.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+ARGS ?=
+FLOWER_ENV := FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
+	FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0
+
+.PHONY: setup run test lint format
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(FLOWER_ENV) FLWR_HOME=$${FLWR_HOME:-$$(mktemp -d)} $(BIN)/python -m fedvssl.main $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(FLOWER_ENV) FLWR_HOME=$$(mktemp -d) $(BIN)/python -m pytest $(ARGS)
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .

@@ -1,0 +1,27 @@
+"""Flower ClientApp: one local epoch of the configured pretext task per message."""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedvssl.config import CONFIG_KEY, build_method, from_yaml
+from fedvssl.strategy import numpy_to_record, record_to_numpy
+from fedvssl.training import local_train
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """The server's message carries the run config; the node config says which partition is ours."""
+    config = msg.content["config"]
+    cfg = from_yaml(str(config[CONFIG_KEY]))
+    partition_id = int(context.node_config["partition-id"])
+    arrays: ArrayRecord = msg.content["arrays"]
+    shared, metrics = local_train(
+        cfg, build_method(cfg), partition_id, int(config["server-round"]), record_to_numpy(arrays)
+    )
+    metrics["partition-id"] = partition_id
+    content = RecordDict({"arrays": numpy_to_record(shared), "metrics": MetricRecord(metrics)})
+    return Message(content=content, reply_to=msg)

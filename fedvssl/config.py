@@ -1,0 +1,76 @@
+"""Config checks and the bridge from Hydra's composed config to the Flower apps.
+
+Every check runs before any data, model or Ray work and fails with one line that
+names the offending key and value.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fedvssl.ssl.base import SSLMethod
+
+CONFIG_ENV = "FEDVSSL_CONFIG"
+CONFIG_KEY = "fedvssl-config"
+DOWNSTREAM = ("ucf101", "hmdb51")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; its message is one line naming the key."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Fail fast on values Hydra cannot check by itself."""
+    s = cfg.strategy
+    _check(isinstance(s.alpha, (int, float)) and 0.0 <= s.alpha <= 1.0, f"strategy.alpha={s.alpha} must be in [0, 1]")
+    _check(s.beta in (0, 1) and not isinstance(s.beta, bool), f"strategy.beta={s.beta} must be 0 or 1")
+    _check(s.share in ("backbone", "full"), f"strategy.share={s.share} must be 'backbone' or 'full'")
+    n = cfg.partition.num_clients
+    _check(isinstance(n, int) and n >= 1, f"partition.num_clients={n} must be a positive integer")
+    k = s.clients_per_round
+    _check(isinstance(k, int) and 1 <= k <= n, f"strategy.clients_per_round={k} must be in [1, partition.num_clients={n}]")
+    _check(isinstance(cfg.num_rounds, int) and cfg.num_rounds >= 1, f"num_rounds={cfg.num_rounds} must be >= 1")
+    _check(cfg.input.clip_len >= 1, f"input.clip_len={cfg.input.clip_len} must be >= 1")
+    _check(cfg.input.crop_size >= 16, f"input.crop_size={cfg.input.crop_size} must be >= 16")
+    _check(cfg.train.batch_size >= 1, f"train.batch_size={cfg.train.batch_size} must be >= 1")
+    target = cfg.ssl.get("_target_", "")
+    _check(isinstance(target, str) and target.startswith("fedvssl.ssl."), f"ssl._target_={target} is not a fedvssl.ssl method")
+    for name in cfg.finetune.datasets:
+        _check(name in DOWNSTREAM, f"finetune.datasets contains {name!r}; expected a subset of {list(DOWNSTREAM)}")
+    _check(cfg.runtime.decode_backend in ("auto", "decord", "pyav"), f"runtime.decode_backend={cfg.runtime.decode_backend} must be auto, decord or pyav")
+    method = build_method(cfg)
+    _check(isinstance(method, SSLMethod), f"ssl._target_={target} does not build an SSLMethod")
+
+
+def build_method(cfg: DictConfig) -> SSLMethod:
+    """Instantiate ``cfg.ssl`` at this run's clip length and crop size."""
+    return instantiate(cfg.ssl, clip_len=cfg.input.clip_len, crop_size=cfg.input.crop_size, _convert_="all")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def from_yaml(text: str) -> DictConfig:
+    """Parse a config sent over the wire: plain YAML, never evaluated."""
+    cfg = OmegaConf.create(text)
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError("the fedvssl config must be a YAML mapping")
+    return cfg
+
+
+def server_config(run_config: dict) -> DictConfig:
+    """The run's config: a path in the Flower run config, else ``$FEDVSSL_CONFIG``."""
+    path = run_config.get("config-path") or os.environ.get(CONFIG_ENV)
+    if not path:
+        raise ConfigError(f"no fedvssl config: set run config 'config-path' or ${CONFIG_ENV}")
+    with open(path) as f:
+        return from_yaml(f.read())

@@ -1,0 +1,96 @@
+"""R3D-18 backbone in CtP's exact state_dict layout.
+
+The module names follow CtP (``stem.conv``, ``layerN.M.conv1.conv``, ``bn1``,
+``downsample_bn`` ...), so checkpoints of CtP and FedVSSL load key for key, and the
+120 entries come in the same order as torchvision's ``r3d_18``. BatchNorm uses
+eps 1e-3 as in CtP, convolutions have no bias and the stem has no max-pool.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+BACKBONE_PREFIX = "backbone."
+_BN_EPS = 1e-3
+
+
+def _conv(cin: int, cout: int, kernel, stride, padding) -> nn.Sequential:
+    # CtP wraps each Conv3d in a Sequential under the name "conv".
+    seq = nn.Sequential()
+    seq.add_module("conv", nn.Conv3d(cin, cout, kernel, stride, padding, bias=False))
+    return seq
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3x3 convolutions with an identity or 1x1x1 projection shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.conv1 = _conv(cin, cout, 3, stride, 1)
+        self.bn1 = nn.BatchNorm3d(cout, eps=_BN_EPS)
+        self.conv2 = _conv(cout, cout, 3, 1, 1)
+        self.bn2 = nn.BatchNorm3d(cout, eps=_BN_EPS)
+        if stride != (1, 1, 1) or cin != cout:
+            self.downsample = _conv(cin, cout, 1, stride, 0)
+            self.downsample_bn = nn.BatchNorm3d(cout, eps=_BN_EPS)
+        else:
+            self.downsample = None
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample_bn(self.downsample(x))
+        return self.relu(out + identity)
+
+
+class R3D18(nn.Module):
+    """R3D-18 feature extractor returning the layer4 map [B, 512, T', H', W'].
+
+    ``ctp_strides=True`` gives CtP's pretraining configuration, where layer4 only
+    downsamples in time (stride (2,1,1)), keeping a 14x14 map for RoIAlign on
+    112x112 inputs. Strides do not change parameter shapes, so weights move freely
+    between the two configurations.
+    """
+
+    def __init__(self, ctp_strides: bool = False) -> None:
+        super().__init__()
+        self.ctp_strides = ctp_strides
+        self.stem = nn.Sequential()
+        self.stem.add_module("conv", nn.Conv3d(3, 64, (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False))
+        self.stem.add_module("bn", nn.BatchNorm3d(64, eps=_BN_EPS))
+        self.stem.add_module("relu", nn.ReLU(inplace=True))
+        spatial = (False, True, True, not ctp_strides)
+        temporal = (False, True, True, True)
+        cin = 64
+        for i, cout in enumerate((64, 128, 256, 512)):
+            stride = (2 if temporal[i] else 1, *(2 if spatial[i] else 1,) * 2)
+            layer = nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, (1, 1, 1)))
+            self.add_module(f"layer{i + 1}", layer)
+            cin = cout
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """CtP's init: Kaiming normal (fan_out, relu) for convs, BN weight 1 and bias 0."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm3d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+def backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The ``backbone.*`` entries of a full model's state_dict, in order."""
+    return {k: v for k, v in model.state_dict().items() if k.startswith(BACKBONE_PREFIX)}
+
+
+def load_backbone(backbone: R3D18, state: dict[str, torch.Tensor]) -> None:
+    """Strictly load a backbone from a state that may carry the ``backbone.`` prefix."""
+    stripped = {k.removeprefix(BACKBONE_PREFIX): v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+    backbone.load_state_dict(stripped or state, strict=True)

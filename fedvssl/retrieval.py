@@ -1,0 +1,55 @@
+"""Nearest-neighbour clip retrieval (FedVSSL's "R@k").
+
+Each video is described by the mean over its test clips of the layer4 map pooled
+to 2x3x3 (9,216-d for R3D-18). Test videos query the train videos; the ranking is
+cosine similarity (the query norm does not change a row's order, so only the
+gallery is normalised, as in the reference). R@k is the percentage of queries
+with at least one same-class video among their top k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+RETRIEVAL_POOL = (2, 3, 3)
+
+
+@torch.inference_mode()
+def extract_features(
+    backbone: nn.Module, loader: DataLoader, device: str = "cpu", progress: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Video descriptors [N, 9216] and labels [N], batched, in eval mode."""
+    backbone.eval().to(device)
+    pool = nn.AdaptiveAvgPool3d(RETRIEVAL_POOL)
+    feats, labels = [], []
+    for views, y in tqdm(loader, desc="features", disable=not progress, leave=False):
+        b, c = views.shape[:2]
+        f = pool(backbone(views.flatten(0, 1).to(device))).flatten(1)
+        feats.append(f.view(b, c, -1).mean(1).float().cpu())
+        labels.append(torch.as_tensor(y))
+    return torch.cat(feats), torch.cat(labels)
+
+
+def recall_at_k(
+    query: torch.Tensor,
+    query_labels: torch.Tensor,
+    gallery: torch.Tensor,
+    gallery_labels: torch.Tensor,
+    ks: Sequence[int] = (1, 5, 10, 20, 50),
+    chunk: int = 4096,
+) -> dict[str, float]:
+    """R@k in percent; one matrix product per chunk of queries, no loop over queries."""
+    g = gallery / gallery.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    kmax = min(max(ks), len(gallery))
+    hits = []
+    for start in range(0, len(query), chunk):
+        sim = query[start : start + chunk] @ g.T
+        top = sim.topk(kmax, dim=1).indices
+        hits.append(gallery_labels[top] == query_labels[start : start + chunk, None])
+    hit = torch.cat(hits)
+    return {f"R@{k}": 100.0 * hit[:, : min(k, kmax)].any(1).double().mean().item() for k in ks}

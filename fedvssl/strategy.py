@@ -1,0 +1,135 @@
+"""The FedVSSL strategy on Flower's Message API.
+
+It subclasses Flower's ``FedAvg`` for node handling, messaging and reply checks,
+and replaces sampling (seeded) and aggregation (alpha/beta, see
+``aggregation.py``). It keeps the previous global model in memory for the beta
+step and writes one checkpoint and one history entry per round.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedvssl.aggregation import beta_step, client_weights, weighted_average
+from fedvssl.checkpoint import save_npz, write_json
+
+log = logging.getLogger(__name__)
+
+
+def record_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def numpy_to_record(state: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.require(v, requirements="C")) for k, v in state.items()})
+
+
+def _single(records: dict, what: str, node: int):
+    if len(records) != 1:
+        raise ValueError(f"node {node} replied with {len(records)} {what}s, expected one")
+    return next(iter(records.values()))
+
+
+class FedVSSL(FedAvg):
+    """FedAvg with loss-mixed client weights (alpha) and a server-side average (beta).
+
+    ``share="backbone"`` is every FedVSSL variant: only backbone tensors travel and
+    heads stay on the clients. ``share="full"`` is conventional FedAvg on the whole
+    model (use it with alpha=0, beta=0).
+    """
+
+    def __init__(
+        self,
+        alpha: float,
+        beta: int,
+        share: str,
+        clients_per_round: int,
+        num_clients: int,
+        seed: int,
+        out_dir: str | None = None,
+    ) -> None:
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"strategy.alpha={alpha} must be in [0, 1]")
+        if beta not in (0, 1):
+            raise ValueError(f"strategy.beta={beta} must be 0 or 1")
+        if share not in ("backbone", "full"):
+            raise ValueError(f"strategy.share={share!r} must be 'backbone' or 'full'")
+        if not 1 <= clients_per_round <= num_clients:
+            raise ValueError(f"strategy.clients_per_round={clients_per_round} must be in [1, {num_clients}]")
+        super().__init__(
+            fraction_train=clients_per_round / num_clients,
+            fraction_evaluate=0.0,
+            min_train_nodes=clients_per_round,
+            min_available_nodes=num_clients,
+        )
+        self.alpha, self.beta, self.share = float(alpha), int(beta), share
+        self.clients_per_round, self.num_clients, self.seed = clients_per_round, num_clients, seed
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.history: list[dict] = []
+        self._previous: dict[str, np.ndarray] | None = None
+        self._round: dict = {}
+
+    def sample(self, grid: Grid, server_round: int) -> list[int]:
+        """Seeded uniform sampling without replacement over the connected nodes."""
+        while len(nodes := sorted(grid.get_node_ids())) < self.num_clients:
+            log.info("waiting for nodes: %d of %d connected", len(nodes), self.num_clients)
+            time.sleep(1)
+        return random.Random(f"{self.seed}/{server_round}").sample(nodes, self.clients_per_round)
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._previous = record_to_numpy(arrays)  # G_{t-1}, needed by the beta step
+        nodes = self.sample(grid, server_round)
+        config["server-round"] = server_round
+        self._round = {"start": time.perf_counter(), "bytes_sent": arrays.count_bytes() * len(nodes)}
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, nodes, MessageType.TRAIN)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid, failed = self._check_and_log_replies(list(replies), is_train=True)
+        if not valid:
+            log.error("round %d: no client replied successfully; the global model is unchanged", server_round)
+            return None, None
+        metrics = [_single(m.content.metric_records, "MetricRecord", m.metadata.src_node_id) for m in valid]
+        losses = [float(m["train-loss"]) for m in metrics]
+        counts = [int(m["num-examples"]) for m in metrics]
+        weights = client_weights(losses, counts, self.alpha)
+        arrays = [_single(m.content.array_records, "ArrayRecord", m.metadata.src_node_id) for m in valid]
+        aggregate = weighted_average((record_to_numpy(a) for a in arrays), weights)
+        if self.beta == 1 and server_round >= 2:
+            aggregate = beta_step(aggregate, self._previous)
+        entry = {
+            "round": server_round,
+            "partition_ids": [int(m.get("partition-id", -1)) for m in metrics],
+            "node_ids": [int(m.metadata.src_node_id) for m in valid],
+            "num_examples": counts,
+            "train_loss": losses,
+            "weights": weights.tolist(),
+            "failures": len(failed),
+            "bytes_sent": self._round.get("bytes_sent", 0),
+            "bytes_received": sum(a.count_bytes() for a in arrays),
+            "update_norm": float(
+                np.sqrt(sum(np.sum((aggregate[k].astype(np.float64) - self._previous[k]) ** 2) for k in aggregate))
+            ),
+            "time_s": time.perf_counter() - self._round.get("start", time.perf_counter()),
+        }
+        entry.update({k: [float(m[k]) for m in metrics] for k in metrics[0] if k not in ("train-loss", "num-examples", "partition-id")})
+        self.history.append(entry)
+        if self.out_dir is not None:
+            save_npz(self.out_dir / "checkpoints" / f"round-{server_round}.npz", aggregate)
+            write_json(self.out_dir / "history.json", self.history)
+        log.info("round %d: weights %s, losses %s", server_round, np.round(weights, 4).tolist(), np.round(losses, 4).tolist())
+        mean_loss = float(np.dot(weights, losses))
+        return numpy_to_record(aggregate), MetricRecord({"train-loss": mean_loss})

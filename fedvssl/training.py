@@ -1,0 +1,113 @@
+"""One client's local work: rebuild the model, train one epoch, keep the head.
+
+Plain torch: a fresh SGD each call, gradient clipping, a mean of batch losses.
+Flower appears only in ``client_app.py``, which wraps :func:`local_train`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from fedvssl.checkpoint import load_tensors, save_tensors
+from fedvssl.dataset import PretextDataset, read_partition
+from fedvssl.model import BACKBONE_PREFIX
+from fedvssl.ssl.base import PretextModel, SSLMethod
+
+log = logging.getLogger(__name__)
+
+
+def seed_of(*parts: int) -> int:
+    """A 32-bit seed derived from several integers (run seed, round, client ...)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def shared_keys(model: torch.nn.Module, share: str) -> list[str]:
+    """The state_dict entries that travel: the backbone (BN buffers included), or everything."""
+    keys = list(model.state_dict())
+    return keys if share == "full" else [k for k in keys if k.startswith(BACKBONE_PREFIX)]
+
+
+def state_to_numpy(model: torch.nn.Module, keys: list[str]) -> dict[str, np.ndarray]:
+    sd = model.state_dict()
+    return {k: sd[k].detach().cpu().numpy() for k in keys}
+
+
+def load_shared(model: torch.nn.Module, arrays: Mapping[str, np.ndarray], keys: list[str]) -> None:
+    """Overwrite exactly the shared entries; anything else missing or extra is an error."""
+    if list(arrays) != keys:
+        extra, missing = set(arrays) - set(keys), set(keys) - set(arrays)
+        raise ValueError(f"global model does not match: unexpected {sorted(extra)[:3]}, missing {sorted(missing)[:3]}")
+    sd = model.state_dict()
+    for k, v in arrays.items():
+        if tuple(v.shape) != tuple(sd[k].shape):
+            raise ValueError(f"global model entry {k} has shape {tuple(v.shape)}, expected {tuple(sd[k].shape)}")
+        sd[k].copy_(torch.from_numpy(np.asarray(v)))
+
+
+def train_epoch(model: PretextModel, method: SSLMethod, loader: DataLoader, progress: bool = False) -> dict[str, float]:
+    """One pass over ``loader``; returns the mean loss, mean metrics and the sample count."""
+    model.train()
+    optimizer = method.make_optimizer(model)
+    clip = method.optimizer.get("grad_clip")
+    total, seen, sums = 0.0, 0, {}
+    for batch in tqdm(loader, desc="local epoch", disable=not progress, leave=False):
+        loss, metrics = method.loss(model, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        n = len(next(iter(batch.values())))
+        total += loss.item() * n
+        seen += n
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v * n
+    if seen == 0:
+        raise ValueError("the client has no training samples")
+    return {"train-loss": total / seen, "num-examples": seen, **{k: v / seen for k, v in sums.items()}}
+
+
+def local_train(
+    cfg: DictConfig, method: SSLMethod, partition_id: int, server_round: int, global_arrays: Mapping[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """A client's participation: own head + global shared tensors -> one epoch -> shared tensors."""
+    start = time.perf_counter()
+    torch.set_num_threads(int(cfg.runtime.torch_threads))
+    share = cfg.strategy.share
+    model = method.build_model(int(cfg.seed))
+    keys = shared_keys(model, share)
+    head_file = Path(cfg.run.dir) / "clients" / f"client-{partition_id:04d}.pt"
+    if share != "full" and head_file.is_file():
+        model.load_state_dict(load_tensors(head_file), strict=False)
+    load_shared(model, global_arrays, keys)
+
+    records = read_partition(Path(cfg.partition.dir) / f"client_dist{partition_id + 1}.json", Path(cfg.dataset.pretrain.videos))
+    dataset = PretextDataset(records, method, cfg.runtime.decode_backend, seed=(cfg.seed, server_round, partition_id))
+    workers = int(cfg.runtime.num_workers)
+    loader = DataLoader(
+        dataset,
+        batch_size=int(cfg.train.batch_size),
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(seed_of(int(cfg.seed), server_round, partition_id)),
+    )
+    metrics = train_epoch(model, method, loader, progress=bool(cfg.runtime.progress))
+
+    if share != "full":
+        sd = model.state_dict()
+        save_tensors(head_file, {k: v for k, v in sd.items() if k not in keys})
+    metrics["train-time"] = time.perf_counter() - start
+    log.info("client %d round %d: %s", partition_id, server_round, metrics)
+    return state_to_numpy(model, keys), metrics

@@ -1,0 +1,115 @@
+"""Clip transforms as tensor operations, one parameter draw per clip.
+
+They mirror CtP's Group* transforms (see the README, "Data pipeline") but act on a
+whole clip at once: a clip is a float tensor [T, 3, H, W] with values in [0, 255]
+until :func:`normalize` turns it into the model's [3, T, H, W] input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_clip(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [T, H, W, 3] RGB frames -> float [T, 3, H, W] in [0, 255]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+
+
+def resize(clip: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinear resize of every frame (OpenCV's INTER_LINEAR convention)."""
+    if clip.shape[-2:] == (height, width):
+        return clip
+    return F.interpolate(clip, size=(height, width), mode="bilinear", align_corners=False)
+
+
+def resize_short_side(clip: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize so the short side equals ``size``, keeping the aspect ratio."""
+    h, w = clip.shape[-2:]
+    if h <= w:
+        return resize(clip, size, max(1, round(w * size / h)))
+    return resize(clip, max(1, round(h * size / w)), size)
+
+
+def random_crop(clip: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:
+    h, w = clip.shape[-2:]
+    top = int(rng.integers(0, h - size + 1))
+    left = int(rng.integers(0, w - size + 1))
+    return clip[..., top : top + size, left : left + size]
+
+
+def center_crop(clip: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = clip.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return clip[..., top : top + size, left : left + size]
+
+
+def random_flip(clip: torch.Tensor, p: float, rng: np.random.Generator) -> torch.Tensor:
+    return clip.flip(-1) if rng.random() < p else clip
+
+
+def random_brightness(clip: torch.Tensor, p: float, delta: float, rng: np.random.Generator) -> torch.Tensor:
+    if rng.random() >= p:
+        return clip
+    return (clip + rng.uniform(-delta, delta)).clamp_(0, 255)
+
+
+def random_contrast(clip: torch.Tensor, p: float, delta: float, rng: np.random.Generator) -> torch.Tensor:
+    if rng.random() >= p:
+        return clip
+    return (clip * math.exp(rng.uniform(-delta, delta))).clamp_(0, 255)
+
+
+def _rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
+    """OpenCV 8-bit convention: H in [0, 180), S and V in [0, 255]."""
+    r, g, b = rgb.unbind(-3)
+    v, _ = rgb.max(-3)
+    c = v - rgb.min(-3).values
+    s = torch.where(v > 0, 255.0 * c / v.clamp(min=1e-6), torch.zeros_like(v))
+    safe_c = c.clamp(min=1e-6)
+    h = torch.where(
+        v == r,
+        60.0 * (g - b) / safe_c,
+        torch.where(v == g, 120.0 + 60.0 * (b - r) / safe_c, 240.0 + 60.0 * (r - g) / safe_c),
+    )
+    h = torch.where(c > 0, torch.remainder(h, 360.0), torch.zeros_like(h)) / 2.0
+    return torch.stack((h, s, v), dim=-3)
+
+
+def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    h, s, v = hsv.unbind(-3)
+    h = h * 2.0 / 60.0
+    c = v * s / 255.0
+    k = torch.stack([torch.remainder(n + h, 6.0) for n in (5.0, 3.0, 1.0)], dim=-3)
+    return v.unsqueeze(-3) - c.unsqueeze(-3) * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
+
+
+def random_hue_saturation(
+    clip: torch.Tensor, p: float, hue_delta: float, sat_delta: float, rng: np.random.Generator
+) -> torch.Tensor:
+    """CtP's RandomHueSaturation: the hue is shifted and *clipped* (not wrapped)."""
+    if rng.random() >= p:
+        return clip
+    hsv = _rgb_to_hsv(clip)
+    h = (hsv[:, 0] + rng.uniform(-hue_delta, hue_delta)).clamp(0, 179)
+    s = (hsv[:, 1] * math.exp(rng.uniform(-sat_delta, sat_delta))).clamp(0, 255)
+    hsv = torch.stack((h, s, hsv[:, 2]), dim=1).round()
+    return _hsv_to_rgb(hsv).clamp_(0, 255)
+
+
+def normalize(clip: torch.Tensor) -> torch.Tensor:
+    """[T, 3, H, W] in [0, 255] -> ImageNet-normalised [3, T, H, W]."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
+    return ((clip - mean) / std).permute(1, 0, 2, 3).contiguous()
+
+
+def test_view(frames: np.ndarray, resize_hw: tuple[int, int], crop: int) -> torch.Tensor:
+    """The evaluation view: fixed resize, then one centre crop."""
+    return normalize(center_crop(resize(to_clip(frames), *resize_hw), crop))

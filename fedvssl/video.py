@@ -1,0 +1,92 @@
+"""Video decoding behind one small interface: decord first, PyAV as the fallback.
+
+Both readers return RGB uint8 frames [n, H, W, 3] for sorted or unsorted indices.
+A reader is opened per call and dropped straight after, which keeps decord's memory
+flat inside long-lived DataLoader workers (dmlc/decord#208).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class VideoReader(Protocol):
+    """What the datasets need from a decoder."""
+
+    name: str
+
+    def num_frames(self, path: str) -> int: ...
+
+    def get_frames(self, path: str, indices: list[int] | np.ndarray) -> np.ndarray: ...
+
+
+class DecordReader:
+    """decord's ``VideoReader.get_batch``; one decoding thread per reader."""
+
+    name = "decord"
+
+    def __init__(self) -> None:
+        import decord
+
+        self._decord = decord
+
+    def num_frames(self, path: str) -> int:
+        return len(self._decord.VideoReader(path, num_threads=1))
+
+    def get_frames(self, path: str, indices: list[int] | np.ndarray) -> np.ndarray:
+        vr = self._decord.VideoReader(path, num_threads=1)
+        idx = np.clip(np.asarray(indices, dtype=np.int64), 0, len(vr) - 1)
+        frames = vr.get_batch(idx.tolist()).asnumpy()
+        vr.seek(0)
+        return frames
+
+
+class PyAVReader:
+    """Sequential PyAV decode that keeps the requested indices."""
+
+    name = "pyav"
+
+    def __init__(self) -> None:
+        import av
+
+        self._av = av
+
+    def num_frames(self, path: str) -> int:
+        with self._av.open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_count = 1
+            return sum(1 for _ in container.decode(stream))
+
+    def get_frames(self, path: str, indices: list[int] | np.ndarray) -> np.ndarray:
+        idx = np.asarray(indices, dtype=np.int64)
+        wanted = set(idx.tolist())
+        last = int(idx.max())
+        decoded: dict[int, np.ndarray] = {}
+        with self._av.open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_count = 1
+            for i, frame in enumerate(container.decode(stream)):
+                if i in wanted:
+                    decoded[i] = frame.to_ndarray(format="rgb24")
+                if i >= last:
+                    break
+        if not decoded:
+            raise ValueError(f"{path}: no decodable frames")
+        # Indices past the real end repeat the last decoded frame, as decord's clamp does.
+        tail = decoded[max(decoded)]
+        return np.stack([decoded.get(i, tail) for i in idx.tolist()])
+
+
+def make_reader(backend: str = "auto") -> VideoReader:
+    """``decord``, ``pyav`` or ``auto`` (decord where it imports, else PyAV)."""
+    if backend not in ("auto", "decord", "pyav"):
+        raise ValueError(f"runtime.decode_backend={backend!r}: expected auto, decord or pyav")
+    if backend in ("auto", "decord"):
+        try:
+            return DecordReader()
+        except ImportError:
+            if backend == "decord":
+                raise
+    return PyAVReader()
