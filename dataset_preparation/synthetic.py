@@ -73,7 +73,8 @@ def _trajectory(motion: str, rng: np.random.Generator, spec: WorldSpec) -> tuple
     """Centre x, centre y and radius per frame for one motion pattern."""
     t = np.linspace(0.0, 1.0, spec.num_frames, dtype=np.float32)
     h, w = spec.height, spec.width
-    r0 = rng.uniform(9, 15)
+    unit = min(h, w) / 96.0  # sizes are designed for 96-pixel-high frames and scale with them
+    r0 = rng.uniform(9, 15) * unit
     r = np.full_like(t, r0)
     if motion in ("slide_right", "slide_left", "rise", "fall"):
         horizontal = motion.startswith("slide")
@@ -87,7 +88,7 @@ def _trajectory(motion: str, rng: np.random.Generator, spec: WorldSpec) -> tuple
         across = np.full_like(t, rng.uniform(r0 + 2, r0 + 2 + across_extent))
         cx, cy = (along, across) if horizontal else (across, along)
     elif motion in ("orbit_cw", "orbit_ccw"):
-        radius = rng.uniform(0.18, 0.28) * h
+        radius = rng.uniform(0.15, 0.22) * min(h, w)
         turns = rng.uniform(0.7, 1.0) * (1 if motion == "orbit_ccw" else -1)
         phase = rng.uniform(0, 2 * np.pi)
         cx0 = rng.uniform(radius + r0 + 2, w - radius - r0 - 2)
@@ -95,7 +96,7 @@ def _trajectory(motion: str, rng: np.random.Generator, spec: WorldSpec) -> tuple
         angle = phase + 2 * np.pi * turns * t
         cx, cy = cx0 + radius * np.cos(angle), cy0 - radius * np.sin(angle)
     else:  # grow / shrink
-        r_small, r_large = rng.uniform(5, 8), rng.uniform(22, 28)
+        r_small, r_large = rng.uniform(5, 8) * unit, rng.uniform(22, 28) * unit
         r = r_small + (r_large - r_small) * t
         if motion == "shrink":
             r = r[::-1].copy()

@@ -1,0 +1,103 @@
+"""The Flower strategy: seeded sampling, reply handling, beta state, checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+from fedvssl.checkpoint import load_npz
+from fedvssl.strategy import FedVSSL, numpy_to_record, record_to_numpy
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch):
+    """Messages are stamped with the running task's ids, as inside a ServerApp process."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+
+
+class StaticGrid:
+    """Only what the strategy asks of a Grid before messages are sent."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+
+def make_strategy(tmp_path, alpha=0.9, beta=1, k=2, n=3):
+    return FedVSSL(alpha=alpha, beta=beta, share="backbone", clients_per_round=k, num_clients=n, seed=7, out_dir=tmp_path)
+
+
+def reply(msg, state, loss, n, pid):
+    metrics = MetricRecord({"train-loss": loss, "num-examples": n, "partition-id": pid})
+    return Message(content=RecordDict({"arrays": numpy_to_record(state), "metrics": metrics}), reply_to=msg)
+
+
+def test_sampling_is_seeded_and_per_round(tmp_path):
+    grid = StaticGrid([31, 12, 45, 7, 9])
+    a = make_strategy(tmp_path, k=3, n=5)
+    b = make_strategy(tmp_path, k=3, n=5)
+    rounds = [a.sample(grid, r) for r in range(1, 6)]
+    assert rounds == [b.sample(grid, r) for r in range(1, 6)]
+    assert all(len(set(r)) == 3 and set(r) <= set(grid.nodes) for r in rounds)
+    assert len({tuple(r) for r in rounds}) > 1
+
+
+@pytest.mark.parametrize("beta", [0, 1])
+def test_two_rounds_through_flower_messages(tmp_path, beta):
+    strategy = make_strategy(tmp_path, alpha=0.9, beta=beta)
+    grid = StaticGrid([101, 102, 103])
+    g0 = {"backbone.w": np.full((2, 2), 10.0, np.float32), "backbone.n": np.array(4, np.int64)}
+    arrays = numpy_to_record(g0)
+    history = []
+    for rnd in (1, 2):
+        msgs = list(strategy.configure_train(rnd, arrays, ConfigRecord({"x": 1}), grid))
+        assert len(msgs) == 2
+        assert all(m.content["config"]["server-round"] == rnd for m in msgs)
+        assert record_to_numpy(msgs[0].content["arrays"]).keys() == g0.keys()
+        states = [{"backbone.w": np.full((2, 2), float(i + rnd), np.float32), "backbone.n": np.array(8, np.int64)} for i in range(2)]
+        losses, counts = [0.5, 1.5], [10, 30]
+        replies = [reply(m, s, lo, c, i) for i, (m, s, lo, c) in enumerate(zip(msgs, states, losses, counts, strict=True))]
+        new, metrics = strategy.aggregate_train(rnd, replies)
+        soft = np.exp(-np.array(losses)) / np.exp(-np.array(losses)).sum()
+        w = 0.9 * soft + 0.1 * np.array(counts) / 40
+        a_t = w[0] * (0 + rnd) + w[1] * (1 + rnd)
+        prev = record_to_numpy(arrays)["backbone.w"][0, 0]
+        expected = 0.5 * a_t + 0.5 * prev if beta and rnd >= 2 else a_t
+        out = record_to_numpy(new)
+        np.testing.assert_allclose(out["backbone.w"], expected, rtol=1e-6)
+        assert out["backbone.n"].dtype == np.int64
+        np.testing.assert_allclose(json.loads((tmp_path / "history.json").read_text())[-1]["weights"], w)
+        saved = load_npz(tmp_path / "checkpoints" / f"round-{rnd}.npz")
+        assert list(saved) == ["backbone.w", "backbone.n"]
+        np.testing.assert_array_equal(saved["backbone.w"], out["backbone.w"])
+        history.append(out["backbone.w"][0, 0])
+        arrays = new
+    assert len(strategy.history) == 2
+
+
+def test_no_successful_reply_keeps_the_model(tmp_path):
+    strategy = make_strategy(tmp_path)
+    assert strategy.aggregate_train(1, []) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"alpha": 1.5}, "strategy.alpha"), ({"beta": 2}, "strategy.beta"), ({"k": 4}, "clients_per_round")],
+)
+def test_invalid_settings_name_the_key(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_strategy(tmp_path, **kwargs)
+
+
+def test_record_round_trip_keeps_names_dtypes_and_scalars():
+    state = {"a": np.array(3, np.int64), "b": np.arange(6, dtype=np.float32).reshape(2, 3)[:, ::2]}
+    back = record_to_numpy(numpy_to_record(state))
+    assert list(back) == ["a", "b"]
+    assert back["a"].shape == () and back["a"].dtype == np.int64
+    np.testing.assert_array_equal(back["b"], state["b"])
