@@ -40,8 +40,7 @@ def weighted_average(states: Iterable[State], weights: Sequence[float]) -> dict[
     """Sum_k w_k * state_k, key by key in the first state's order, dtypes preserved."""
     acc: dict[str, np.ndarray] = {}
     dtypes: dict[str, np.dtype] = {}
-    count = 0
-    for state, w in zip(states, weights, strict=True):
+    for count, (state, w) in enumerate(zip(states, weights, strict=True)):
         if not acc:
             dtypes = {k: np.asarray(v).dtype for k, v in state.items()}
             acc = {k: np.asarray(v, dtype=np.float64) * w for k, v in state.items()}
@@ -50,7 +49,6 @@ def weighted_average(states: Iterable[State], weights: Sequence[float]) -> dict[
                 raise ValueError(f"client {count} sent different tensors: {sorted(set(state) ^ set(acc))[:3]}")
             for k, v in state.items():
                 acc[k] += np.asarray(v, dtype=np.float64) * w
-        count += 1
     if not acc:
         raise ValueError("nothing to aggregate")
     return {k: _cast(v, dtypes[k]) for k, v in acc.items()}

@@ -36,16 +36,24 @@ def validate(cfg: DictConfig) -> None:
     n = cfg.partition.num_clients
     _check(isinstance(n, int) and n >= 1, f"partition.num_clients={n} must be a positive integer")
     k = s.clients_per_round
-    _check(isinstance(k, int) and 1 <= k <= n, f"strategy.clients_per_round={k} must be in [1, partition.num_clients={n}]")
+    _check(
+        isinstance(k, int) and 1 <= k <= n, f"strategy.clients_per_round={k} must be in [1, partition.num_clients={n}]"
+    )
     _check(isinstance(cfg.num_rounds, int) and cfg.num_rounds >= 1, f"num_rounds={cfg.num_rounds} must be >= 1")
     _check(cfg.input.clip_len >= 1, f"input.clip_len={cfg.input.clip_len} must be >= 1")
     _check(cfg.input.crop_size >= 16, f"input.crop_size={cfg.input.crop_size} must be >= 16")
     _check(cfg.train.batch_size >= 1, f"train.batch_size={cfg.train.batch_size} must be >= 1")
     target = cfg.ssl.get("_target_", "")
-    _check(isinstance(target, str) and target.startswith("fedvssl.ssl."), f"ssl._target_={target} is not a fedvssl.ssl method")
+    _check(
+        isinstance(target, str) and target.startswith("fedvssl.ssl."),
+        f"ssl._target_={target} is not a fedvssl.ssl method",
+    )
     for name in cfg.finetune.datasets:
         _check(name in DOWNSTREAM, f"finetune.datasets contains {name!r}; expected a subset of {list(DOWNSTREAM)}")
-    _check(cfg.runtime.decode_backend in ("auto", "decord", "pyav"), f"runtime.decode_backend={cfg.runtime.decode_backend} must be auto, decord or pyav")
+    _check(
+        cfg.runtime.decode_backend in ("auto", "decord", "pyav"),
+        f"runtime.decode_backend={cfg.runtime.decode_backend} must be auto, decord or pyav",
+    )
     method = build_method(cfg)
     _check(isinstance(method, SSLMethod), f"ssl._target_={target} does not build an SSLMethod")
 

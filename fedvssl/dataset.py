@@ -86,7 +86,9 @@ def read_kinetics_csv(csv_path: Path, video_root: Path, split: str = "train") ->
     classes = sorted({label for label, _, _ in rows})
     lookup = {c: i for i, c in enumerate(classes)}
     index = index_videos(str(video_root))
-    recs = [(index.get(stem, ""), lookup[lab], f"{lab.replace(' ', '_')}/{stem}") for lab, stem, s in rows if s == split]
+    recs = [
+        (index.get(stem, ""), lookup[lab], f"{lab.replace(' ', '_')}/{stem}") for lab, stem, s in rows if s == split
+    ]
     return _resolve(recs, f"{csv_path} [{split}]"), classes
 
 

@@ -12,7 +12,9 @@ def retrieval_table(results: Mapping[str, dict], ks: list[int]) -> str:
     for name, entry in results.items():
         if not isinstance(entry, Mapping) or "retrieval" not in entry:
             continue
-        variants = [("pretrained", entry)] + [(t, v) for t, v in entry.items() if isinstance(v, Mapping) and "retrieval" in v]
+        variants = [("pretrained", entry)] + [
+            (t, v) for t, v in entry.items() if isinstance(v, Mapping) and "retrieval" in v
+        ]
         for tag, scores in variants:
             cells = " | ".join(f"{scores['retrieval'][f'R@{k}']:.2f}" for k in ks)
             rows.append(f"| {name} | {tag} | {cells} |")

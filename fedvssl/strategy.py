@@ -125,11 +125,19 @@ class FedVSSL(FedAvg):
             ),
             "time_s": time.perf_counter() - self._round.get("start", time.perf_counter()),
         }
-        entry.update({k: [float(m[k]) for m in metrics] for k in metrics[0] if k not in ("train-loss", "num-examples", "partition-id")})
+        entry.update(
+            {
+                k: [float(m[k]) for m in metrics]
+                for k in metrics[0]
+                if k not in ("train-loss", "num-examples", "partition-id")
+            }
+        )
         self.history.append(entry)
         if self.out_dir is not None:
             save_npz(self.out_dir / "checkpoints" / f"round-{server_round}.npz", aggregate)
             write_json(self.out_dir / "history.json", self.history)
-        log.info("round %d: weights %s, losses %s", server_round, np.round(weights, 4).tolist(), np.round(losses, 4).tolist())
+        log.info(
+            "round %d: weights %s, losses %s", server_round, np.round(weights, 4).tolist(), np.round(losses, 4).tolist()
+        )
         mean_loss = float(np.dot(weights, losses))
         return numpy_to_record(aggregate), MetricRecord({"train-loss": mean_loss})

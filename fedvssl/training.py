@@ -92,7 +92,9 @@ def local_train(
         model.load_state_dict(load_tensors(head_file), strict=False)
     load_shared(model, global_arrays, keys)
 
-    records = read_partition(Path(cfg.partition.dir) / f"client_dist{partition_id + 1}.json", Path(cfg.dataset.pretrain.videos))
+    records = read_partition(
+        Path(cfg.partition.dir) / f"client_dist{partition_id + 1}.json", Path(cfg.dataset.pretrain.videos)
+    )
     dataset = PretextDataset(records, method, cfg.runtime.decode_backend, seed=(cfg.seed, server_round, partition_id))
     workers = int(cfg.runtime.num_workers)
     loader = DataLoader(

@@ -62,12 +62,16 @@ def test_same_function_as_torchvision_r3d18():
 
 
 def test_pretext_model_puts_backbone_first_and_loads_by_prefix():
-    model = Speed(4, 32, {"lr": 0.01, "momentum": 0, "weight_decay": 0}, [112], 0.5, (0, 0), (0, 0), (0, 0, 0), 0.5).build_model(0)
+    model = Speed(
+        4, 32, {"lr": 0.01, "momentum": 0, "weight_decay": 0}, [112], 0.5, (0, 0), (0, 0), (0, 0, 0), 0.5
+    ).build_model(0)
     keys = list(model.state_dict())
     assert len(keys) == 122 and keys[-2:] == ["cls_head.fc_cls.weight", "cls_head.fc_cls.bias"]
     assert all(k.startswith("backbone.") for k in keys[:120])
     fresh = R3D18()
     load_backbone(fresh, model.state_dict())
-    torch.testing.assert_close(fresh.state_dict()["layer4.1.bn2.weight"], model.state_dict()["backbone.layer4.1.bn2.weight"])
+    torch.testing.assert_close(
+        fresh.state_dict()["layer4.1.bn2.weight"], model.state_dict()["backbone.layer4.1.bn2.weight"]
+    )
     with pytest.raises(RuntimeError):
         load_backbone(fresh, {"backbone.stem.conv.weight": torch.zeros(1)})

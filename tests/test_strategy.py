@@ -30,7 +30,9 @@ class StaticGrid:
 
 
 def make_strategy(tmp_path, alpha=0.9, beta=1, k=2, n=3):
-    return FedVSSL(alpha=alpha, beta=beta, share="backbone", clients_per_round=k, num_clients=n, seed=7, out_dir=tmp_path)
+    return FedVSSL(
+        alpha=alpha, beta=beta, share="backbone", clients_per_round=k, num_clients=n, seed=7, out_dir=tmp_path
+    )
 
 
 def reply(msg, state, loss, n, pid):
@@ -60,9 +62,14 @@ def test_two_rounds_through_flower_messages(tmp_path, beta):
         assert len(msgs) == 2
         assert all(m.content["config"]["server-round"] == rnd for m in msgs)
         assert record_to_numpy(msgs[0].content["arrays"]).keys() == g0.keys()
-        states = [{"backbone.w": np.full((2, 2), float(i + rnd), np.float32), "backbone.n": np.array(8, np.int64)} for i in range(2)]
+        states = [
+            {"backbone.w": np.full((2, 2), float(i + rnd), np.float32), "backbone.n": np.array(8, np.int64)}
+            for i in range(2)
+        ]
         losses, counts = [0.5, 1.5], [10, 30]
-        replies = [reply(m, s, lo, c, i) for i, (m, s, lo, c) in enumerate(zip(msgs, states, losses, counts, strict=True))]
+        replies = [
+            reply(m, s, lo, c, i) for i, (m, s, lo, c) in enumerate(zip(msgs, states, losses, counts, strict=True))
+        ]
         new, metrics = strategy.aggregate_train(rnd, replies)
         soft = np.exp(-np.array(losses)) / np.exp(-np.array(losses)).sum()
         w = 0.9 * soft + 0.1 * np.array(counts) / 40
