@@ -52,6 +52,12 @@ class WorldSpec:
     hmdb_per_class: int = 10
     hmdb_test_per_class: int = 3
     hmdb_unused_per_class: int = 1
+    kinetics_flat: bool = False  # CVDF style: kinetics400/train/<stem>.mp4 without class folders
+    broken: bool = False  # damage a few files per dataset (see BREAKAGES)
+
+
+# What the ``broken`` variant does to the first listed videos of each dataset, in order.
+BREAKAGES = ("missing", "empty", "truncated", "garbage", "too short")
 
 
 def _grating_texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -148,6 +154,22 @@ def write_video(path: Path, frames: np.ndarray, fps: int) -> None:
     os.replace(tmp, path)
 
 
+def _break(paths: list[Path], spec: WorldSpec, rng: np.random.Generator) -> None:
+    """Damage one file per entry of BREAKAGES, keeping them listed in the annotations."""
+    for path, how in zip(paths, BREAKAGES, strict=False):
+        if how == "missing":
+            path.unlink()
+        elif how == "empty":
+            path.write_bytes(b"")
+        elif how == "truncated":
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) // 3])
+        elif how == "garbage":
+            path.write_bytes(rng.integers(0, 256, size=4096, dtype=np.uint8).tobytes())
+        else:
+            write_video(path, render_video(MOTIONS[0], rng, WorldSpec(**{**asdict(spec), "num_frames": 2})), spec.fps)
+
+
 def _class_names(style: str) -> list[str]:
     if style == "kinetics":
         return [m.replace("_", " ") for m in MOTIONS]
@@ -166,7 +188,8 @@ def _write_kinetics(root: Path, spec: WorldSpec, rng: np.random.Generator) -> No
         for _ in range(spec.kinetics_per_class):
             ytid, start = _youtube_id(rng), int(rng.integers(0, 300))
             stem = f"{ytid}_{start:06d}_{start + 10:06d}"
-            write_video(root / "train" / label / f"{stem}.mp4", render_video(motion, rng, spec), spec.fps)
+            folder = root / "train" if spec.kinetics_flat else root / "train" / label
+            write_video(folder / f"{stem}.mp4", render_video(motion, rng, spec), spec.fps)
             rows.append((label, ytid, start, start + 10, "train"))
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     with open(root / "annotations" / "train.csv", "w", newline="") as f:
@@ -219,6 +242,11 @@ def generate(root: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
     _write_kinetics(root / "kinetics400", spec, np.random.default_rng(seeds[0]))
     _write_ucf101(root / "ucf101", spec, np.random.default_rng(seeds[1]))
     _write_hmdb51(root / "hmdb51", spec, np.random.default_rng(seeds[2]))
+    if spec.broken:
+        rng = np.random.default_rng(seeds[0].spawn(1)[0])
+        for folder, pattern in (("kinetics400", "*.mp4"), ("ucf101", "*.avi"), ("hmdb51", "*.avi")):
+            # Spread the damage over classes: every 3rd file in sorted order.
+            _break(sorted((root / folder).rglob(pattern))[::3], spec, rng)
     tmp = root / (MARKER + ".tmp")
     tmp.write_text(json.dumps(asdict(spec), indent=2))
     os.replace(tmp, root / MARKER)
@@ -238,7 +266,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default="data/synthetic", help="output folder (replaced)")
     for name, default in asdict(WorldSpec()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=f"{name.replace('_', ' ')} variant")
+        else:
+            parser.add_argument(flag, type=int, default=default)
     args = vars(parser.parse_args(argv))
     root = args.pop("root")
     generate(root, WorldSpec(**args))

@@ -43,6 +43,12 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.input.clip_len >= 1, f"input.clip_len={cfg.input.clip_len} must be >= 1")
     _check(cfg.input.crop_size >= 16, f"input.crop_size={cfg.input.crop_size} must be >= 16")
     _check(cfg.train.batch_size >= 1, f"train.batch_size={cfg.train.batch_size} must be >= 1")
+    scheme = cfg.partition.scheme
+    _check(scheme in ("iid", "noniid", "dirichlet", "published"), f"partition.scheme={scheme} is not a known scheme")
+    fmt = cfg.dataset.pretrain.format
+    _check(fmt in ("kinetics_csv", "ucf101"), f"dataset.pretrain.format={fmt} must be kinetics_csv or ucf101")
+    frac = cfg.data.max_bad_fraction
+    _check(0.0 <= frac <= 1.0, f"data.max_bad_fraction={frac} must be in [0, 1]")
     target = cfg.ssl.get("_target_", "")
     _check(
         isinstance(target, str) and target.startswith("fedvssl.ssl."),

@@ -5,26 +5,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from fedvssl.dataset import ClipsDataset, VideoRecord, read_hmdb51, read_ucf101
+from fedvssl.annotations import VideoRecord
+from fedvssl.dataset import ClipsDataset
 from fedvssl.model import R3D18, load_backbone
 from fedvssl.retrieval import extract_features, recall_at_k
+from fedvssl.sources import downstream_splits
 from fedvssl.ssl.base import REFERENCE_CROP
 
 log = logging.getLogger(__name__)
-READERS = {"ucf101": read_ucf101, "hmdb51": read_hmdb51}
-
-
-def downstream_splits(cfg: DictConfig, name: str) -> tuple[list[VideoRecord], list[VideoRecord]]:
-    ds = cfg.dataset[name]
-    train, test, _ = READERS[name](Path(ds.root), int(ds.split))
-    return train, test
 
 
 def build_backbone(state: Mapping[str, np.ndarray] | None, seed: int) -> R3D18:

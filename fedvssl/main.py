@@ -15,8 +15,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from fedvssl.annotations import DataError, read_class_index, read_partition
 from fedvssl.config import CONFIG_ENV, ConfigError, to_yaml, validate
-from fedvssl.dataset import DataError
 
 log = logging.getLogger("fedvssl")
 
@@ -29,24 +29,51 @@ FLOWER_ENV = {
 
 
 def prepare_data(cfg: DictConfig) -> None:
-    """Generate the embedded dataset if asked to, then write the client partitions."""
-    from dataset_preparation.partition import kinetics_iid
+    """Generate the embedded data if asked to, screen every list, write the client partitions.
+
+    All checks that can stop a run happen here, before Ray or any model starts.
+    """
+    from dataset_preparation import partition as P
     from dataset_preparation.synthetic import WorldSpec, ensure
+    from fedvssl.checkpoint import write_json
+    from fedvssl.sources import downstream_splits, pretrain_list, pretrain_root, usable
 
     if cfg.dataset.get("generate", False):
         start = time.perf_counter()
-        if ensure(cfg.dataset.root, WorldSpec()):
+        if ensure(cfg.dataset.root, WorldSpec(**cfg.dataset.get("spec", {}))):
             log.info("generated the synthetic dataset in %s (%.1f s)", cfg.dataset.root, time.perf_counter() - start)
-    if cfg.partition.scheme == "iid":
-        kinetics_iid(
-            Path(cfg.dataset.pretrain.csv),
-            Path(cfg.dataset.pretrain.videos),
-            Path(cfg.partition.dir),
-            int(cfg.partition.num_clients),
-            int(cfg.partition.seed),
-        )
-    elif not (Path(cfg.partition.dir) / "client_dist1.json").is_file():
-        raise DataError(f"partition.dir={cfg.partition.dir} holds no client_dist1.json")
+    for name in cfg.finetune.datasets:
+        downstream_splits(cfg, name)
+
+    pcfg = cfg.partition
+    out = Path(pcfg.dir)
+    if pcfg.scheme == "published":
+        class_index = Path(pcfg.class_index)
+        classes = read_class_index(class_index)
+        records = []
+        for k in range(1, int(pcfg.num_clients) + 1):
+            records += read_partition(out / f"client_dist{k}.json", Path(cfg.dataset.pretrain.videos), classes)
+        unique = list({r.name: r for r in records}.values())
+        _, bad = usable(cfg, unique, "pretraining", pretrain_root(cfg))
+    else:
+        listed, classes = pretrain_list(cfg)
+        good, bad = usable(cfg, listed, "pretraining", pretrain_root(cfg))
+        items = sorted((r.name.rsplit(".", 1)[0] if r.name.endswith(".avi") else r.name, r.label + 1) for r in good)
+        n = int(pcfg.num_clients)
+        try:
+            if pcfg.scheme == "iid":
+                clients = P.iid(items, n, int(pcfg.seed))
+            elif pcfg.scheme == "noniid":
+                clients = P.noniid(items, n)
+            elif pcfg.scheme == "dirichlet":
+                clients = P.dirichlet(items, n, float(pcfg.alpha), int(pcfg.seed))
+            else:
+                raise ValueError(f"scheme={pcfg.scheme!r}: expected iid, noniid, dirichlet or published")
+        except ValueError as e:
+            raise DataError(f"partition: {e} ({pretrain_root(cfg)}: {len(items)} usable videos)") from None
+        meta = {"scheme": pcfg.scheme, **{k: v for k, v in pcfg.items() if k in ("seed", "alpha")}}
+        P.write_partition(clients, [c.replace(" ", "_") for c in classes], out, {**meta, "sha256": P.checksum(items)})
+    write_json(Path(cfg.run.dir) / "unusable_videos.json", sorted(p.path for p in bad if p.path))
 
 
 def simulate(cfg: DictConfig) -> None:

@@ -27,11 +27,15 @@ def extract_features(
     backbone.eval().to(device)
     pool = nn.AdaptiveAvgPool3d(RETRIEVAL_POOL)
     feats, labels = [], []
-    for views, y in tqdm(loader, desc="features", disable=not progress, leave=False):
+    for batch in tqdm(loader, desc="features", disable=not progress, leave=False):
+        keep = torch.as_tensor(batch["bad"]) < 0  # undecodable videos are left out
+        views = batch["imgs"][keep]
+        if len(views) == 0:
+            continue
         b, c = views.shape[:2]
         f = pool(backbone(views.flatten(0, 1).to(device))).flatten(1)
         feats.append(f.view(b, c, -1).mean(1).float().cpu())
-        labels.append(torch.as_tensor(y))
+        labels.append(torch.as_tensor(batch["label"])[keep])
     return torch.cat(feats), torch.cat(labels)
 
 

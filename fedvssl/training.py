@@ -6,6 +6,7 @@ Flower appears only in ``client_app.py``, which wraps :func:`local_train`.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -17,8 +18,9 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from fedvssl.annotations import read_partition
 from fedvssl.checkpoint import load_tensors, save_tensors
-from fedvssl.dataset import PretextDataset, read_partition
+from fedvssl.dataset import PretextDataset
 from fedvssl.model import BACKBONE_PREFIX
 from fedvssl.ssl.base import PretextModel, SSLMethod
 
@@ -53,13 +55,23 @@ def load_shared(model: torch.nn.Module, arrays: Mapping[str, np.ndarray], keys: 
         sd[k].copy_(torch.from_numpy(np.asarray(v)))
 
 
+def drop_unusable(records: list, cfg: DictConfig) -> list:
+    """Drop the videos the run's screening found unusable (``<run dir>/unusable_videos.json``)."""
+    listed = Path(cfg.run.dir) / "unusable_videos.json"
+    bad = set(json.loads(listed.read_text())) if listed.is_file() else set()
+    return [r for r in records if r.path and r.path not in bad]
+
+
 def train_epoch(model: PretextModel, method: SSLMethod, loader: DataLoader, progress: bool = False) -> dict[str, float]:
     """One pass over ``loader``; returns the mean loss, mean metrics and the sample count."""
     model.train()
     optimizer = method.make_optimizer(model)
     clip = method.optimizer.get("grad_clip")
-    total, seen, sums = 0.0, 0, {}
+    total, seen, sums, replaced = 0.0, 0, {}, []
     for batch in tqdm(loader, desc="local epoch", disable=not progress, leave=False):
+        bad = batch.pop("bad", None)
+        if bad is not None:
+            replaced += [int(b) for b in torch.as_tensor(bad).tolist() if b >= 0]
         loss, metrics = method.loss(model, batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()}")
@@ -75,7 +87,11 @@ def train_epoch(model: PretextModel, method: SSLMethod, loader: DataLoader, prog
             sums[k] = sums.get(k, 0.0) + v * n
     if seen == 0:
         raise ValueError("the client has no training samples")
-    return {"train-loss": total / seen, "num-examples": seen, **{k: v / seen for k, v in sums.items()}}
+    if replaced:
+        paths = [loader.dataset.records[i].path for i in replaced[:3]]
+        log.warning("replaced %d undecodable video(s) this epoch; first: %s", len(replaced), paths)
+    means = {k: v / seen for k, v in sums.items()}
+    return {"train-loss": total / seen, "num-examples": seen, "bad-videos": len(replaced), **means}
 
 
 def local_train(

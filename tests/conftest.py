@@ -21,10 +21,19 @@ def world(tmp_path_factory) -> Path:
     return generate(tmp_path_factory.mktemp("world") / "synthetic")
 
 
+@pytest.fixture(scope="session")
+def broken_world(tmp_path_factory) -> Path:
+    """Flat Kinetics folders and a few damaged files per dataset."""
+    from dataset_preparation.synthetic import WorldSpec, generate
+
+    return generate(tmp_path_factory.mktemp("broken") / "synthetic", WorldSpec(kinetics_flat=True, broken=True))
+
+
 @pytest.fixture
 def flower_env(tmp_path) -> dict[str, str]:
     """Environment for a subprocess that runs Flower: private FLWR_HOME, no telemetry."""
     env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(tmp_path / "flwr"), "PYTHONUNBUFFERED": "1"}
+    env["FEDVSSL_CACHE_DIR"] = str(tmp_path / "cache")
     env["PYTHONPATH"] = str(ROOT)
     return env
 

@@ -83,3 +83,27 @@ def test_multirun_sweep(tmp_path, flower_env, world):
     np.testing.assert_allclose(h1["weights"], soft / soft.sum())
     for j in (0, 1):
         assert set(json.loads((sweep / str(j) / "results.json").read_text())) == {"ucf101", "run"}
+
+
+def test_broken_data_is_skipped_and_reported(tmp_path, flower_env, broken_world):
+    run = tmp_path / "run"
+    args = [*TINY, "num_rounds=1", "finetune=hmdb51", "dataset=synthetic_broken", f"dataset.root={broken_world}"]
+    proc = run_main([*args, f"hydra.run.dir={run}"], flower_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    unusable = json.loads((run / "unusable_videos.json").read_text())
+    assert len(unusable) == 4 and all(str(broken_world) in p for p in unusable)  # + 1 missing file
+    log = (run / "main.log").read_text()
+    assert "skipping 5 of 64 pretraining videos" in log
+    history = json.loads((run / "history.json").read_text())
+    assert sum(history[0]["num_examples"]) == 59
+
+
+def test_too_much_broken_data_stops_before_training(tmp_path, flower_env, broken_world):
+    run = tmp_path / "run"
+    args = [*TINY, "dataset=synthetic_broken", f"dataset.root={broken_world}", "data.max_bad_fraction=0.05"]
+    proc = run_main([*args, f"hydra.run.dir={run}"], flower_env)
+    assert proc.returncode == 2
+    [line] = [x for x in proc.stderr.splitlines() if x.startswith("fedvssl: error:")]
+    # The downstream lists are screened first: UCF-101's test split is the first over the limit.
+    assert line.startswith(f"fedvssl: error: {broken_world / 'ucf101'}: 3 of 32 ucf101 test videos are unusable")
+    assert not (run / "checkpoints").exists()

@@ -1,22 +1,12 @@
 """The synthetic world in the three official layouts, and the readers that parse them."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
-from dataset_preparation.partition import iid_chunks, kinetics_iid
 from dataset_preparation.synthetic import MOTIONS, WorldSpec, render_video
-from fedvssl.dataset import (
-    ClipsDataset,
-    DataError,
-    read_hmdb51,
-    read_kinetics_csv,
-    read_partition,
-    read_ucf101,
-    uniform_clip_starts,
-)
+from fedvssl.annotations import DataError, read_hmdb51, read_kinetics_csv, read_ucf101
+from fedvssl.dataset import ClipsDataset, uniform_clip_starts
 
 
 def test_world_is_deterministic():
@@ -81,21 +71,6 @@ def test_bad_split_line_names_file_and_line(tmp_path, world):
         read_ucf101(root, 1)
 
 
-def test_iid_partition(tmp_path, world):
-    out = kinetics_iid(world / "kinetics400/annotations/train.csv", world / "kinetics400", tmp_path / "p", 3, seed=7)
-    parts = [json.loads((out / f"client_dist{k}.json").read_text()) for k in (1, 2, 3)]
-    names = [r["name"] for p in parts for r in p]
-    assert len(names) == len(set(names)) == len(MOTIONS) * WorldSpec().kinetics_per_class
-    assert max(map(len, parts)) - min(map(len, parts)) <= 1
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["counts"] == [len(p) for p in parts] and manifest["seed"] == 7
-    again = kinetics_iid(world / "kinetics400/annotations/train.csv", world / "kinetics400", tmp_path / "q", 3, seed=7)
-    assert (again / "client_dist2.json").read_text() == (out / "client_dist2.json").read_text()
-    records = read_partition(out / "client_dist1.json", world / "kinetics400")
-    assert len(records) == len(parts[0]) and all(r.path.endswith(".mp4") for r in records)
-    assert iid_chunks(list(range(10)), 3, 1) != iid_chunks(list(range(10)), 3, 2)
-
-
 def test_uniform_clip_starts_follow_the_reference_formula():
     # tick = (N - clip_len * stride + 1) / num_clips, start_k = int(tick / 2 + tick * k)
     assert uniform_clip_starts(100, 16, 2, 10).tolist() == [int(6.9 / 2 + 6.9 * k) for k in range(10)]
@@ -105,6 +80,7 @@ def test_uniform_clip_starts_follow_the_reference_formula():
 def test_clips_dataset_shapes(world):
     train, _, _ = read_ucf101(world / "ucf101", 1)
     ds = ClipsDataset(train[:2], clip_len=4, stride=2, num_clips=3, resize_hw=(37, 49), crop=32, backend="auto")
-    views, label = ds[1]
-    assert views.shape == (3, 3, 4, 32, 32) and label == train[1].label
+    item = ds[1]
+    views = item["imgs"]
+    assert views.shape == (3, 3, 4, 32, 32) and item["label"] == train[1].label and item["bad"] == -1
     assert torch.isfinite(views).all() and views.std() > 0.1

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedvssl.dataset import PretextDataset, read_kinetics_csv
+from fedvssl.annotations import read_kinetics_csv
+from fedvssl.dataset import PretextDataset
 from fedvssl.ssl.speed import STRIDES, Speed
 from fedvssl.training import train_epoch
 

@@ -1,0 +1,132 @@
+"""Screening of video files before training: missing, empty, undecodable, too short.
+
+A run probes each listed video once (the result is cached by path, size and mtime),
+drops the unusable ones, reports them once with the first few paths, and stops
+with one line naming the dataset root when more than ``max_bad_fraction`` of a
+list, or all of it, is unusable. Anything a probe misses is still caught while
+loading: see :class:`fedvssl.dataset.PretextDataset`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedvssl.annotations import DataError, VideoRecord
+from fedvssl.checkpoint import write_json
+from fedvssl.video import VideoReader, make_reader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Problem:
+    name: str
+    path: str
+    reason: str  # missing | empty | undecodable | too short
+
+
+def probe(reader: VideoReader, path: str) -> int:
+    """The frame count, after decoding the first and the last frame (catches truncation)."""
+    n = reader.num_frames(path)
+    if n > 0:
+        frames = reader.get_frames(path, [0, n - 1])
+        if frames.ndim != 4 or frames.shape[0] != 2:
+            raise ValueError("decoded batch has the wrong shape")
+    return n
+
+
+class ProbeCache:
+    """path -> [size, mtime_ns, frames] (frames -1: undecodable), persisted as JSON."""
+
+    def __init__(self, file: Path | None) -> None:
+        self.file = file
+        self.data: dict[str, list[int]] = {}
+        if file is not None and file.is_file():
+            try:
+                self.data = json.loads(file.read_text())
+            except ValueError:
+                self.data = {}
+
+    def get(self, path: str, stat: os.stat_result) -> int | None:
+        hit = self.data.get(path)
+        return hit[2] if hit and hit[:2] == [stat.st_size, stat.st_mtime_ns] else None
+
+    def put(self, path: str, stat: os.stat_result, frames: int) -> None:
+        self.data[path] = [stat.st_size, stat.st_mtime_ns, frames]
+
+    def save(self) -> None:
+        if self.file is not None:
+            write_json(self.file, self.data)
+
+
+def screen(
+    records: Sequence[VideoRecord],
+    min_frames: int,
+    backend: str = "auto",
+    probe_files: bool = True,
+    cache: ProbeCache | None = None,
+    workers: int = 2,
+) -> tuple[list[VideoRecord], list[Problem]]:
+    """Split records into usable ones and problems, keeping the input order."""
+    cache = cache or ProbeCache(None)
+    reader = make_reader(backend)
+    status: dict[int, str] = {}
+    to_probe: list[tuple[int, str, os.stat_result]] = []
+    for i, r in enumerate(records):
+        if not r.path or not os.path.isfile(r.path):
+            status[i] = "missing"
+            continue
+        st = os.stat(r.path)
+        if st.st_size == 0:
+            status[i] = "empty"
+        elif probe_files:
+            frames = cache.get(r.path, st)
+            if frames is None:
+                to_probe.append((i, r.path, st))
+            else:
+                status[i] = _verdict(frames, min_frames)
+
+    def run(item: tuple[int, str, os.stat_result]) -> tuple[int, str, os.stat_result, int]:
+        i, path, st = item
+        try:
+            return i, path, st, probe(reader, path)
+        except Exception:  # any decoder failure means the file is unusable
+            return i, path, st, -1
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for i, path, st, frames in pool.map(run, to_probe):
+            cache.put(path, st, frames)
+            status[i] = _verdict(frames, min_frames)
+    if to_probe:
+        cache.save()
+    good = [r for i, r in enumerate(records) if status.get(i, "ok") == "ok"]
+    bad = [Problem(r.name, r.path, status[i]) for i, r in enumerate(records) if status.get(i, "ok") != "ok"]
+    return good, bad
+
+
+def _verdict(frames: int, min_frames: int) -> str:
+    if frames < 0:
+        return "undecodable"
+    return "ok" if frames >= min_frames else "too short"
+
+
+def enforce(what: str, root: str | Path, total: int, problems: Sequence[Problem], max_bad_fraction: float) -> None:
+    """Report the problems once; stop if too many, or all, of ``total`` videos are unusable."""
+    if not problems:
+        return
+    counts = Counter(p.reason for p in problems)
+    summary = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
+    first = [p.path or p.name for p in problems[:3]]
+    if len(problems) >= total or len(problems) > max_bad_fraction * total:
+        raise DataError(
+            f"{root}: {len(problems)} of {total} {what} videos are unusable ({summary}), "
+            f"more than dataset.max_bad_fraction={max_bad_fraction}; first: {first}"
+        )
+    log.warning("%s: skipping %d of %d %s videos (%s); first: %s", root, len(problems), total, what, summary, first)
