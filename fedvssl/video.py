@@ -79,14 +79,38 @@ class PyAVReader:
         return np.stack([decoded.get(i, tail) for i in idx.tolist()])
 
 
+class FallbackReader:
+    """decord, and PyAV for any file decord fails on (decord has known per-file bugs)."""
+
+    name = "decord+pyav"
+
+    def __init__(self, primary: VideoReader, fallback: VideoReader) -> None:
+        self.primary, self.fallback = primary, fallback
+
+    def num_frames(self, path: str) -> int:
+        try:
+            return self.primary.num_frames(path)
+        except Exception:
+            return self.fallback.num_frames(path)
+
+    def get_frames(self, path: str, indices: list[int] | np.ndarray) -> np.ndarray:
+        try:
+            return self.primary.get_frames(path, indices)
+        except Exception:
+            return self.fallback.get_frames(path, indices)
+
+
 def make_reader(backend: str = "auto") -> VideoReader:
-    """``decord``, ``pyav`` or ``auto`` (decord where it imports, else PyAV)."""
+    """``decord``, ``pyav`` or ``auto``: decord with a per-file PyAV fallback, or PyAV alone
+    where decord does not import (no wheels for Python >= 3.12 or ARM)."""
     if backend not in ("auto", "decord", "pyav"):
         raise ValueError(f"runtime.decode_backend={backend!r}: expected auto, decord or pyav")
-    if backend in ("auto", "decord"):
-        try:
-            return DecordReader()
-        except ImportError:
-            if backend == "decord":
-                raise
-    return PyAVReader()
+    if backend == "pyav":
+        return PyAVReader()
+    try:
+        decord = DecordReader()
+    except ImportError:
+        if backend == "decord":
+            raise
+        return PyAVReader()
+    return decord if backend == "decord" else FallbackReader(decord, PyAVReader())

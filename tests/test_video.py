@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dataset_preparation.synthetic import WorldSpec, render_video, write_video
-from fedvssl.video import DecordReader, PyAVReader, make_reader
+from fedvssl.video import DecordReader, FallbackReader, PyAVReader, make_reader
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +41,41 @@ def test_decord_and_pyav_agree_exactly(clips, ext):
     np.testing.assert_array_equal(DecordReader().get_frames(paths[ext], idx), PyAVReader().get_frames(paths[ext], idx))
 
 
-def test_backend_selection():
+def test_backend_selection(monkeypatch, clips):
     assert make_reader("pyav").name == "pyav"
-    assert make_reader("auto").name == "decord"
+    assert make_reader("decord").name == "decord"
+    assert make_reader("auto").name == "decord+pyav"
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_decord(name, *args, **kwargs):
+        if name == "decord":
+            raise ImportError("no decord here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_decord)
+    assert make_reader("auto").name == "pyav"
+    with pytest.raises(ImportError):
+        make_reader("decord")
     with pytest.raises(ValueError, match="decode_backend"):
         make_reader("opencv")
+
+
+def test_fallback_reader_uses_pyav_when_decord_fails(clips):
+    frames, paths = clips
+
+    class Failing:
+        name = "failing"
+
+        def num_frames(self, path):
+            raise RuntimeError("decoder bug")
+
+        def get_frames(self, path, indices):
+            raise RuntimeError("decoder bug")
+
+    reader = FallbackReader(Failing(), PyAVReader())
+    assert reader.num_frames(paths["avi"]) == len(frames)
+    np.testing.assert_array_equal(
+        reader.get_frames(paths["avi"], [2, 4]), PyAVReader().get_frames(paths["avi"], [2, 4])
+    )
