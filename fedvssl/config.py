@@ -60,7 +60,11 @@ def validate(cfg: DictConfig) -> None:
         cfg.runtime.decode_backend in ("auto", "decord", "pyav"),
         f"runtime.decode_backend={cfg.runtime.decode_backend} must be auto, decord or pyav",
     )
-    method = build_method(cfg)
+    try:
+        method = build_method(cfg)
+    except Exception as e:  # Hydra wraps the method's own ValueError; keep its message
+        cause = e.__cause__ or e
+        raise ConfigError(f"ssl={target.rsplit('.', 1)[-1]}: {cause}") from None
     _check(isinstance(method, SSLMethod), f"ssl._target_={target} does not build an SSLMethod")
 
 

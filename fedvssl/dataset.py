@@ -66,16 +66,20 @@ class VideoDataset(Dataset):
         raise NotImplementedError
 
     def __getitem__(self, i: int) -> dict:
+        error: Exception | None = None
         for step in range(MAX_REPLACEMENTS):
             j = (i + step) % len(self.records)
             try:
                 item = self.load(j)
             except Exception as e:  # a broken file must not crash the client
                 log.debug("cannot load %s: %s", self.records[j].path, e)
+                error = e
                 continue
             item["bad"] = -1 if step == 0 else i
             return item
-        raise DataError(f"{self.records[i].path} and the next {MAX_REPLACEMENTS - 1} videos cannot be decoded")
+        raise DataError(
+            f"{self.records[i].path} and the next {MAX_REPLACEMENTS - 1} videos cannot be loaded; last error: {error!r}"
+        ) from error
 
 
 class PretextDataset(VideoDataset):

@@ -5,7 +5,9 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from conftest import run_main
+from test_ssl import TAILS
 
 from fedvssl.checkpoint import load_npz
 
@@ -19,6 +21,7 @@ TINY = ["input=tiny", "partition.num_clients=2", "finetune.retrieval.num_clips=2
         ("strategy.beta=2", "strategy.beta=2 must be 0 or 1"),
         ("strategy.clients_per_round=9", "strategy.clients_per_round=9"),
         ("finetune.datasets=[kinetics]", "finetune.datasets contains 'kinetics'"),
+        ("ssl=ctp", "ssl=CtP: CtP needs input.clip_len in [9, 16] (the paper uses 16), got 8"),
     ],
 )
 def test_bad_values_stop_before_any_work(tmp_path, flower_env, override, expected):
@@ -107,3 +110,17 @@ def test_too_much_broken_data_stops_before_training(tmp_path, flower_env, broken
     # The downstream lists are screened first: UCF-101's test split is the first over the limit.
     assert line.startswith(f"fedvssl: error: {broken_world / 'ucf101'}: 3 of 32 ucf101 test videos are unusable")
     assert not (run / "checkpoints").exists()
+
+
+def test_ctp_federation(tmp_path, flower_env, world):
+    """The paper's main pretext task through the whole path (16-frame clips, 32x32)."""
+    run = tmp_path / "run"
+    args = ["ssl=ctp", "input.clip_len=16", "input.crop_size=32", "partition.num_clients=2", "num_rounds=1"]
+    args += ["finetune=hmdb51", "finetune.retrieval.num_clips=1", f"dataset.root={world}", f"hydra.run.dir={run}"]
+    proc = run_main(args, flower_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [entry] = json.loads((run / "history.json").read_text())
+    assert len(entry["iou"]) == 2 and all(0.0 <= v <= 1.0 for v in entry["iou"])
+    assert len(load_npz(run / "checkpoints" / "round-1.npz")) == 120
+    heads = torch.load(run / "clients" / "client-0000.pt", weights_only=True)
+    assert list(heads) == [k for k, _ in TAILS["ctp"]]

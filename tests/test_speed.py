@@ -67,7 +67,7 @@ def test_loss_falls_on_a_fixed_batch(world):
     ds = PretextDataset(records[:14], speed, "auto", seed=(0,))
     batch = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
     model = speed.build_model(seed=0)
-    model.head.dropout.p = 0.0
+    model.pretext_head.dropout.p = 0.0
     first = train_epoch(model, speed, [batch])
     for _ in range(25):
         last = train_epoch(model, speed, [batch])

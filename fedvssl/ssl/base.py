@@ -33,7 +33,7 @@ class PretextModel(nn.Module):
         self.add_module(head_name, head)
 
     @property
-    def head(self) -> nn.Module:
+    def pretext_head(self) -> nn.Module:
         return getattr(self, self.head_name)
 
 

@@ -86,7 +86,7 @@ class Speed(SSLMethod):
         return {"imgs": T.normalize(clip), "label": label}
 
     def loss(self, model: PretextModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = model.head(model.backbone(batch["imgs"]))
+        logits = model.pretext_head(model.backbone(batch["imgs"]))
         loss = F.cross_entropy(logits, batch["label"])
         accuracy = (logits.argmax(1) == batch["label"]).float().mean().item()
         return loss, {"accuracy": accuracy}
