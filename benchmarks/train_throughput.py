@@ -1,0 +1,133 @@
+"""Client training throughput per pretext task: the full step against compute alone.
+
+For each method, in one run and side by side:
+
+- full: a DataLoader over real synthetic videos (sampling, decoding, the method's
+  augmentation, CtP's patch synthesis) feeding forward, backward, clipping and SGD;
+- compute: the same steps on one pre-made batch already in memory.
+
+The ratio full/compute says how much the data path costs the client (target >= 0.9).
+On a GPU (``--device cuda``) the same script reports absolute clips/s, optionally
+with bf16 autocast (``--amp``) and channels-last 3D memory (``--channels-last``).
+
+Usage: ``python -m benchmarks.train_throughput [--methods ctp vcop speed] [--seconds 30]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from torch.utils.data import DataLoader
+
+from dataset_preparation.synthetic import ensure
+from fedvssl.annotations import read_kinetics_csv
+from fedvssl.config import build_method
+from fedvssl.dataset import PretextDataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def method_for(name: str, clip_len: int, crop: int):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", [f"ssl={name}", f"input.clip_len={clip_len}", f"input.crop_size={crop}", "run.dir=."])
+    return build_method(cfg)
+
+
+def to_device(batch: dict, device: str, channels_last: bool) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if k == "bad":
+            continue
+        v = v.to(device, non_blocking=True)
+        if channels_last and k == "imgs" and v.dim() == 5:
+            v = v.contiguous(memory_format=torch.channels_last_3d)
+        out[k] = v
+    return out
+
+
+def steps(model, method, batches, device, amp, channels_last, seconds, warmup=2) -> float:
+    """Samples per second of forward + backward + clip + SGD over ``batches`` (an iterator)."""
+    opt = method.make_optimizer(model)
+    autocast = torch.autocast(device, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    n, start = 0, None
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start, n = time.perf_counter(), 0
+        batch = to_device(batch, device, channels_last)
+        with autocast:
+            loss, _ = method.loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), method.optimizer["grad_clip"])
+        opt.step()
+        n += len(batch["imgs"])
+        if start is not None and time.perf_counter() - start > seconds:
+            break
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - start)
+
+
+def forever(loader):
+    while True:
+        yield from loader
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", nargs="+", default=["ctp", "vcop", "speed"])
+    p.add_argument("--clip-len", type=int, default=16)
+    p.add_argument("--crop", type=int, default=112)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--seconds", type=float, default=30.0, help="per measurement")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "fedvssl-bench-world"))
+    a = p.parse_args()
+    if a.device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    ensure(a.root)
+    root = Path(a.root)
+    records, _ = read_kinetics_csv(root / "kinetics400/annotations/train.csv", root / "kinetics400")
+    print(
+        f"device {a.device} ({torch.cuda.get_device_name() if a.device == 'cuda' else f'{torch.get_num_threads()} threads'}),"
+        f" {a.clip_len}x{a.crop}x{a.crop}, batch {a.batch_size}, {a.workers} loader workers, amp {a.amp},"
+        f" channels-last {a.channels_last}"
+    )
+    print("| method | full step, samples/s | compute only, samples/s | full / compute |")
+    print("|---|---|---|---|")
+    for name in a.methods:
+        method = method_for(name, a.clip_len, a.crop)
+        ds = PretextDataset(records, method, "auto", seed=(0,))
+        loader = DataLoader(
+            ds,
+            batch_size=a.batch_size,
+            shuffle=True,
+            num_workers=a.workers,
+            persistent_workers=a.workers > 0,
+            pin_memory=a.device == "cuda",
+            drop_last=True,
+        )
+        model = method.build_model(0).to(a.device)
+        if a.channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
+        fixed = next(iter(loader))
+        compute = steps(model, method, iter(lambda: fixed, None), a.device, a.amp, a.channels_last, a.seconds)
+        full = steps(model, method, forever(loader), a.device, a.amp, a.channels_last, a.seconds)
+        print(f"| {name} | {full:.2f} | {compute:.2f} | {full / compute:.2f} |")
+    print("(a VCOP sample is a tuple of 3 clips)")
+
+
+if __name__ == "__main__":
+    main()
