@@ -25,3 +25,10 @@ def train(msg: Message, context: Context) -> Message:
     metrics["partition-id"] = partition_id
     content = RecordDict({"arrays": numpy_to_record(shared), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds, so it can sample partitions by seed."""
+    metrics = MetricRecord({"partition-id": int(context.node_config["partition-id"])})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

@@ -6,6 +6,7 @@ Hydra multirun sweep). Everything a run produces lands in its Hydra run folder.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -19,6 +20,11 @@ from fedvssl.annotations import DataError, read_class_index, read_partition
 from fedvssl.config import CONFIG_ENV, ConfigError, to_yaml, validate
 
 log = logging.getLogger("fedvssl")
+
+
+class RunError(RuntimeError):
+    """The federated run could not finish; the message is one line."""
+
 
 FLOWER_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -110,7 +116,7 @@ def run(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
     from fedvssl.checkpoint import write_json, write_text
-    from fedvssl.results import retrieval_table
+    from fedvssl.results import history_frame, plot_history, retrieval_table
 
     run_dir = Path(cfg.run.dir)
     cfg.dataset.root = os.path.abspath(cfg.dataset.root)
@@ -125,15 +131,25 @@ def run(cfg: DictConfig) -> dict:
     prepare_data(cfg)
     times["data_s"] = time.perf_counter() - start
 
+    (run_dir / "stopped.txt").unlink(missing_ok=True)
     config_path = run_dir / "fedvssl.yaml"
     write_text(config_path, to_yaml(cfg))
     os.environ[CONFIG_ENV] = str(config_path)
     start = time.perf_counter()
-    simulate(cfg)
-    times["pretrain_s"] = time.perf_counter() - start
     checkpoint = run_dir / "checkpoints" / f"round-{cfg.num_rounds}.npz"
+    stopped = run_dir / "stopped.txt"
+    try:
+        simulate(cfg)
+    except Exception:
+        if not stopped.is_file():
+            raise
+    times["pretrain_s"] = time.perf_counter() - start
     if not checkpoint.is_file():
-        raise RuntimeError(f"the simulation ended without {checkpoint}; see the log above")
+        reason = stopped.read_text().strip() if stopped.is_file() else f"no {checkpoint}; see {run_dir / 'main.log'}"
+        raise RunError(f"the federated run stopped: {reason}")
+    history = json.loads((run_dir / "history.json").read_text())
+    history_frame(history).to_csv(run_dir / "history.csv", index=False)
+    plot_history(history, run_dir / "history.png")
 
     start = time.perf_counter()
     results = evaluate(cfg, checkpoint)
@@ -159,6 +175,9 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, DataError) as e:
         print(f"fedvssl: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except RunError as e:
+        print(f"fedvssl: error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

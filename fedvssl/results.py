@@ -19,3 +19,48 @@ def retrieval_table(results: Mapping[str, dict], ks: list[int]) -> str:
             cells = " | ".join(f"{scores['retrieval'][f'R@{k}']:.2f}" for k in ks)
             rows.append(f"| {name} | {tag} | {cells} |")
     return "\n".join(rows) + "\n"
+
+
+def history_frame(history: list[dict]):
+    """One row per (round, client): partition id, samples, loss, weight and pretext scores."""
+    import pandas as pd
+
+    rows = []
+    for entry in history:
+        per_client = {k: v for k, v in entry.items() if isinstance(v, list) and len(v) == len(entry["partition_ids"])}
+        for i, pid in enumerate(entry["partition_ids"]):
+            rows.append(
+                {
+                    "round": entry["round"],
+                    "partition_id": pid,
+                    **{k: v[i] for k, v in per_client.items() if k != "partition_ids"},
+                    "round_time_s": entry["time_s"],
+                    "bytes_sent": entry["bytes_sent"],
+                    "bytes_received": entry["bytes_received"],
+                    "failures": len(entry.get("failures", [])),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def plot_history(history: list[dict], path) -> None:
+    """Training loss and aggregation weight of every client, per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = history_frame(history)
+    fig, (ax_loss, ax_w) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for pid, rows in frame.groupby("partition_id"):
+        ax_loss.plot(rows["round"], rows["train_loss"], marker="o", label=f"client {pid}")
+        ax_w.plot(rows["round"], rows["weights"], marker="o", label=f"client {pid}")
+    mean = frame.groupby("round").apply(lambda g: (g["weights"] * g["train_loss"]).sum(), include_groups=False)
+    ax_loss.plot(mean.index, mean.values, color="black", linewidth=2, label="weighted mean")
+    ax_loss.set(xlabel="round", ylabel="local training loss", title="Client losses")
+    ax_w.set(xlabel="round", ylabel="weight w_k", title="Aggregation weights")
+    if frame["partition_id"].nunique() <= 10:
+        ax_loss.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
+import numpy as np
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from hydra.utils import instantiate
 
+from fedvssl.checkpoint import load_npz
 from fedvssl.config import CONFIG_KEY, build_method, server_config, to_yaml
 from fedvssl.strategy import numpy_to_record
 from fedvssl.training import shared_keys, state_to_numpy
@@ -16,18 +20,46 @@ log = logging.getLogger(__name__)
 app = ServerApp()
 
 
+def completed_rounds(run_dir: Path) -> tuple[int, dict[str, np.ndarray] | None, list[dict]]:
+    """The last round whose checkpoint and history entry are both on disk."""
+    history_file = run_dir / "history.json"
+    history = json.loads(history_file.read_text()) if history_file.is_file() else []
+    for i in range(len(history) - 1, -1, -1):
+        checkpoint = run_dir / "checkpoints" / f"round-{history[i]['round']}.npz"
+        if checkpoint.is_file():
+            return int(history[i]["round"]), load_npz(checkpoint), history[: i + 1]
+    return 0, None, []
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = server_config(dict(context.run_config))
     model = build_method(cfg).build_model(int(cfg.seed))
     initial = state_to_numpy(model, shared_keys(model, cfg.strategy.share))
+    done, history = 0, []
+    if cfg.get("resume", False):
+        done, saved, history = completed_rounds(Path(cfg.run.dir))
+        if saved is not None:
+            if list(saved) != list(initial):
+                raise ValueError(f"{cfg.run.dir}: the checkpoint of round {done} does not match this configuration")
+            initial = saved
+            log.info("resuming after round %d of %d", done, cfg.num_rounds)
+    if done >= int(cfg.num_rounds):
+        log.info("all %d rounds are already done", done)
+        return
     strategy = instantiate(
-        cfg.strategy, num_clients=cfg.partition.num_clients, seed=int(cfg.seed), out_dir=cfg.run.dir, _convert_="all"
+        cfg.strategy,
+        num_clients=cfg.partition.num_clients,
+        seed=int(cfg.seed),
+        out_dir=cfg.run.dir,
+        start_round=done,
+        history=history,
+        _convert_="all",
     )
     strategy.start(
         grid=grid,
         initial_arrays=numpy_to_record(initial),
-        num_rounds=int(cfg.num_rounds),
+        num_rounds=int(cfg.num_rounds) - done,
         timeout=float(cfg.runtime.round_timeout_s),
         train_config=ConfigRecord({CONFIG_KEY: to_yaml(cfg)}),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,6 +32,13 @@ def record_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 def numpy_to_record(state: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.require(v, requirements="C")) for k, v in state.items()})
+
+
+def short_reason(reason: str) -> str:
+    """The innermost ``SomeError: message`` line of a (Ray-wrapped) client traceback."""
+    lines = [line.strip(" '>") for line in reason.splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): \S", line)]
+    return (errors[-1] if errors else lines[0] if lines else "unknown error")[:500]
 
 
 def _single(records: dict, what: str, node: int):
@@ -56,6 +64,9 @@ class FedVSSL(FedAvg):
         num_clients: int,
         seed: int,
         out_dir: str | None = None,
+        min_replies: int = 1,
+        start_round: int = 0,
+        history: list[dict] | None = None,
     ) -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"strategy.alpha={alpha} must be in [0, 1]")
@@ -65,6 +76,10 @@ class FedVSSL(FedAvg):
             raise ValueError(f"strategy.share={share!r} must be 'backbone' or 'full'")
         if not 1 <= clients_per_round <= num_clients:
             raise ValueError(f"strategy.clients_per_round={clients_per_round} must be in [1, {num_clients}]")
+        if not 1 <= min_replies <= clients_per_round:
+            raise ValueError(
+                f"strategy.min_replies={min_replies} must be in [1, clients_per_round={clients_per_round}]"
+            )
         super().__init__(
             fraction_train=clients_per_round / num_clients,
             fraction_evaluate=0.0,
@@ -73,21 +88,45 @@ class FedVSSL(FedAvg):
         )
         self.alpha, self.beta, self.share = float(alpha), int(beta), share
         self.clients_per_round, self.num_clients, self.seed = clients_per_round, num_clients, seed
+        self.min_replies = min_replies
+        # On resume, Flower's loop restarts at 1: rounds are shifted by the completed ones.
+        self.start_round = start_round
         self.out_dir = Path(out_dir) if out_dir else None
-        self.history: list[dict] = []
+        self.history: list[dict] = list(history or [])
         self._previous: dict[str, np.ndarray] | None = None
         self._round: dict = {}
+        self._partitions: dict[int, int] = {}  # node id -> partition id
+
+    def partition_ids(self, grid: Grid, nodes: list[int]) -> dict[int, int]:
+        """Ask every node once for its partition id (node ids are not partition ids)."""
+        missing = [n for n in nodes if n not in self._partitions]
+        if missing:
+            asks = [
+                Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY)
+                for n in missing
+            ]
+            for reply in grid.send_and_receive(asks, timeout=600):
+                if reply.has_error():
+                    raise RuntimeError(
+                        f"node {reply.metadata.src_node_id} did not report its partition id: {reply.error.reason}"
+                    )
+                record = _single(reply.content.metric_records, "MetricRecord", reply.metadata.src_node_id)
+                self._partitions[reply.metadata.src_node_id] = int(record["partition-id"])
+        return {n: self._partitions[n] for n in nodes}
 
     def sample(self, grid: Grid, server_round: int) -> list[int]:
-        """Seeded uniform sampling without replacement over the connected nodes."""
+        """Seeded uniform sampling of partition ids, so a run's choices repeat from its seed."""
         while len(nodes := sorted(grid.get_node_ids())) < self.num_clients:
             log.info("waiting for nodes: %d of %d connected", len(nodes), self.num_clients)
             time.sleep(1)
-        return random.Random(f"{self.seed}/{server_round}").sample(nodes, self.clients_per_round)
+        by_partition = {pid: node for node, pid in self.partition_ids(grid, nodes).items()}
+        chosen = random.Random(f"{self.seed}/{server_round}").sample(sorted(by_partition), self.clients_per_round)
+        return [by_partition[pid] for pid in chosen]
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.start_round
         self._previous = record_to_numpy(arrays)  # G_{t-1}, needed by the beta step
         nodes = self.sample(grid, server_round)
         config["server-round"] = server_round
@@ -98,10 +137,27 @@ class FedVSSL(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.start_round
         valid, failed = self._check_and_log_replies(list(replies), is_train=True)
-        if not valid:
-            log.error("round %d: no client replied successfully; the global model is unchanged", server_round)
-            return None, None
+        failures = [
+            {
+                "node_id": int(m.metadata.src_node_id),
+                "partition_id": self._partitions.get(m.metadata.src_node_id, -1),
+                "reason": short_reason(m.error.reason),
+            }
+            for m in failed
+        ]
+        for f in failures:
+            log.warning("round %d: client %d failed: %s", server_round, f["partition_id"], f["reason"])
+        if len(valid) < self.min_replies:
+            first = failures[0]["reason"] if failures else "none"
+            message = (
+                f"round {server_round}: {len(valid)} of {len(valid) + len(failed)} clients replied, fewer than "
+                f"strategy.min_replies={self.min_replies}; first failure: {first}"
+            )
+            if self.out_dir is not None:
+                (self.out_dir / "stopped.txt").write_text(message.splitlines()[0] + "\n")
+            raise RuntimeError(message)
         metrics = [_single(m.content.metric_records, "MetricRecord", m.metadata.src_node_id) for m in valid]
         losses = [float(m["train-loss"]) for m in metrics]
         counts = [int(m["num-examples"]) for m in metrics]
@@ -117,7 +173,7 @@ class FedVSSL(FedAvg):
             "num_examples": counts,
             "train_loss": losses,
             "weights": weights.tolist(),
-            "failures": len(failed),
+            "failures": failures,
             "bytes_sent": self._round.get("bytes_sent", 0),
             "bytes_received": sum(a.count_bytes() for a in arrays),
             "update_norm": float(

@@ -55,6 +55,42 @@ def load_shared(model: torch.nn.Module, arrays: Mapping[str, np.ndarray], keys: 
         sd[k].copy_(torch.from_numpy(np.asarray(v)))
 
 
+class HeadStore:
+    """A client's local tensors on disk, one file per participation round.
+
+    Loading takes the newest file from *before* the current round, so a round redone
+    after a crash starts from the same head as the first attempt. Files older than
+    that one are removed, so at most two stay per client.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def rounds(self) -> list[int]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(int(f.stem.split("-")[1]) for f in self.folder.glob("round-*.pt"))
+
+    def load_before(self, server_round: int) -> dict[str, torch.Tensor] | None:
+        earlier = [r for r in self.rounds() if r < server_round]
+        return load_tensors(self.folder / f"round-{earlier[-1]}.pt") if earlier else None
+
+    def save(self, server_round: int, state: dict[str, torch.Tensor]) -> None:
+        save_tensors(self.folder / f"round-{server_round}.pt", state)
+        earlier = [r for r in self.rounds() if r < server_round]
+        for r in earlier[:-1]:
+            (self.folder / f"round-{r}.pt").unlink(missing_ok=True)
+
+
+def inject_fault(cfg: DictConfig, partition_id: int, server_round: int) -> None:
+    """``fault.client_failure_rate``: fail on purpose, reproducibly from (seed, round, client)."""
+    rate = float(cfg.get("fault", {}).get("client_failure_rate", 0.0))
+    if rate > 0 and np.random.default_rng((int(cfg.seed), server_round, partition_id, 7919)).random() < rate:
+        raise RuntimeError(
+            f"injected failure of client {partition_id} in round {server_round} (fault.client_failure_rate={rate})"
+        )
+
+
 def drop_unusable(records: list, cfg: DictConfig) -> list:
     """Drop the videos the run's screening found unusable (``<run dir>/unusable_videos.json``)."""
     listed = Path(cfg.run.dir) / "unusable_videos.json"
@@ -103,9 +139,13 @@ def local_train(
     share = cfg.strategy.share
     model = method.build_model(int(cfg.seed))
     keys = shared_keys(model, share)
-    head_file = Path(cfg.run.dir) / "clients" / f"client-{partition_id:04d}.pt"
-    if share != "full" and head_file.is_file():
-        model.load_state_dict(load_tensors(head_file), strict=False)
+    inject_fault(cfg, partition_id, server_round)
+    # Dropout and any other torch randomness: fixed per (seed, round, client), whatever
+    # this process (a Ray actor serving many clients) ran before.
+    torch.manual_seed(seed_of(int(cfg.seed), server_round, partition_id))
+    heads = HeadStore(Path(cfg.run.dir) / "clients" / f"client-{partition_id:04d}")
+    if share != "full" and (head := heads.load_before(server_round)) is not None:
+        model.load_state_dict(head, strict=False)
     load_shared(model, global_arrays, keys)
 
     records = read_partition(
@@ -125,7 +165,7 @@ def local_train(
 
     if share != "full":
         sd = model.state_dict()
-        save_tensors(head_file, {k: v for k, v in sd.items() if k not in keys})
+        heads.save(server_round, {k: v for k, v in sd.items() if k not in keys})
     metrics["train-time"] = time.perf_counter() - start
     log.info("client %d round %d: %s", partition_id, server_round, metrics)
     return state_to_numpy(model, keys), metrics

@@ -4,6 +4,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import run_main
@@ -60,8 +61,16 @@ def test_end_to_end_run(tmp_path, flower_env):
         assert sorted(h["partition_ids"]) == [0, 1]
         assert math.isclose(sum(h["weights"]), 1.0) and sum(h["num_examples"]) == 64
         assert h["bytes_received"] > 100e6 and h["time_s"] > 0
-    heads = sorted(p.name for p in (run / "clients").iterdir())
-    assert heads == ["client-0000.pt", "client-0001.pt"]
+    heads = sorted(str(p.relative_to(run / "clients")) for p in (run / "clients").rglob("*.pt"))
+    assert heads == [
+        "client-0000/round-1.pt",
+        "client-0000/round-2.pt",
+        "client-0001/round-1.pt",
+        "client-0001/round-2.pt",
+    ]
+    frame = pd.read_csv(run / "history.csv")
+    assert len(frame) == 4 and {"round", "partition_id", "train_loss", "weights", "accuracy"} <= set(frame.columns)
+    assert (run / "history.png").stat().st_size > 10_000
 
     results = json.loads((run / "results.json").read_text())
     for name in ("ucf101", "hmdb51"):
@@ -122,5 +131,78 @@ def test_ctp_federation(tmp_path, flower_env, world):
     [entry] = json.loads((run / "history.json").read_text())
     assert len(entry["iou"]) == 2 and all(0.0 <= v <= 1.0 for v in entry["iou"])
     assert len(load_npz(run / "checkpoints" / "round-1.npz")) == 120
-    heads = torch.load(run / "clients" / "client-0000.pt", weights_only=True)
+    heads = torch.load(run / "clients" / "client-0000" / "round-1.pt", weights_only=True)
     assert list(heads) == [k for k, _ in TAILS["ctp"]]
+
+
+def test_failing_clients_are_survived_or_stop_the_run(tmp_path, flower_env, world):
+    base = [
+        *TINY,
+        "partition.num_clients=3",
+        "finetune=hmdb51",
+        "finetune.retrieval.num_clips=1",
+        f"dataset.root={world}",
+    ]
+    run = tmp_path / "ok"
+    # With seed 7 and rate 0.4, each of the 2 rounds loses one of the three clients.
+    args = [*base, "num_rounds=2", "fault.client_failure_rate=0.4", f"hydra.run.dir={run}"]
+    proc = run_main(args, flower_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = json.loads((run / "history.json").read_text())
+    failures = [f for h in history for f in h["failures"]]
+    assert len(failures) == 2 and all(f["reason"].startswith("RuntimeError: injected failure") for f in failures)
+    assert all(f["partition_id"] in (0, 1, 2) for f in failures)
+    assert all(len(h["partition_ids"]) + len(h["failures"]) == 3 for h in history)
+    first = failures[0]
+    assert f"client {first['partition_id']} failed: " in (run / "main.log").read_text()
+
+    stop = tmp_path / "stop"
+    args = [*base, "num_rounds=2", "fault.client_failure_rate=1.0", f"hydra.run.dir={stop}"]
+    proc = run_main(args, flower_env)
+    assert proc.returncode == 1
+    [line] = [x for x in proc.stderr.splitlines() if x.startswith("fedvssl: error:")]
+    assert "round 1: 0 of 3 clients replied, fewer than strategy.min_replies=1" in line
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, flower_env, world):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    base = [*TINY, "num_rounds=2", "finetune=hmdb51", "finetune.retrieval.num_clips=1", f"dataset.root={world}"]
+    full = tmp_path / "full"
+    assert run_main([*base, f"hydra.run.dir={full}"], flower_env).returncode == 0
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedvssl.main", *base, f"hydra.run.dir={cut}"],
+        cwd=ROOT,
+        env=flower_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 300
+        while not (cut / "history.json").is_file() and time.time() < deadline:
+            time.sleep(0.2)
+        assert (cut / "history.json").is_file(), "round 1 never finished"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the job and the Ray processes it started
+        proc.wait()
+    assert not (cut / "checkpoints" / "round-2.npz").exists()
+
+    resumed = run_main([*base, "resume=true", f"hydra.run.dir={cut}"], flower_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming after round 1 of 2" in (cut / "main.log").read_text()
+    a, b = load_npz(full / "checkpoints" / "round-2.npz"), load_npz(cut / "checkpoints" / "round-2.npz")
+    assert list(a) == list(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    h_full = json.loads((full / "history.json").read_text())
+    h_cut = json.loads((cut / "history.json").read_text())
+    assert [h["train_loss"] for h in h_full] == [h["train_loss"] for h in h_cut]

@@ -20,13 +20,24 @@ def task_identity(monkeypatch):
 
 
 class StaticGrid:
-    """Only what the strategy asks of a Grid before messages are sent."""
+    """What the strategy asks of a Grid before training: node ids, and each node's partition id."""
 
     def __init__(self, nodes):
         self.nodes = nodes
+        self.queries = 0
 
     def get_node_ids(self):
         return list(self.nodes)
+
+    def send_and_receive(self, messages, timeout=None):
+        self.queries += 1
+        replies = []
+        for m in messages:
+            assert m.metadata.message_type == "query"
+            pid = sorted(self.nodes).index(m.metadata.dst_node_id)
+            content = RecordDict({"metrics": MetricRecord({"partition-id": pid})})
+            replies.append(Message(content=content, reply_to=m))
+        return replies
 
 
 def make_strategy(tmp_path, alpha=0.9, beta=1, k=2, n=3):
@@ -45,7 +56,10 @@ def test_sampling_is_seeded_and_per_round(tmp_path):
     a = make_strategy(tmp_path, k=3, n=5)
     b = make_strategy(tmp_path, k=3, n=5)
     rounds = [a.sample(grid, r) for r in range(1, 6)]
-    assert rounds == [b.sample(grid, r) for r in range(1, 6)]
+    assert grid.queries == 1  # partition ids are asked once
+    # Node ids differ between runs; the sampled *partitions* must not.
+    other = StaticGrid([1000 + n for n in [31, 12, 45, 7, 9]])
+    assert [[n - 1000 for n in b.sample(other, r)] for r in range(1, 6)] == rounds
     assert all(len(set(r)) == 3 and set(r) <= set(grid.nodes) for r in rounds)
     assert len({tuple(r) for r in rounds}) > 1
 
@@ -88,9 +102,25 @@ def test_two_rounds_through_flower_messages(tmp_path, beta):
     assert len(strategy.history) == 2
 
 
-def test_no_successful_reply_keeps_the_model(tmp_path):
+def test_too_few_replies_stop_with_a_reason(tmp_path):
     strategy = make_strategy(tmp_path)
-    assert strategy.aggregate_train(1, []) == (None, None)
+    with pytest.raises(RuntimeError, match=r"round 1: 0 of 0 clients replied, fewer than strategy.min_replies=1"):
+        strategy.aggregate_train(1, [])
+    assert (tmp_path / "stopped.txt").read_text().startswith("round 1: 0 of 0")
+
+
+def test_resumed_rounds_are_numbered_on(tmp_path):
+    strategy = FedVSSL(0.0, 1, "backbone", 2, 3, seed=7, out_dir=tmp_path, start_round=4, history=[{"round": 4}])
+    msgs = list(
+        strategy.configure_train(
+            1, numpy_to_record({"backbone.w": np.ones(2, np.float32)}), ConfigRecord({}), StaticGrid([1, 2, 3])
+        )
+    )
+    assert msgs[0].content["config"]["server-round"] == 5
+    replies = [reply(m, {"backbone.w": np.zeros(2, np.float32)}, 1.0, 5, i) for i, m in enumerate(msgs)]
+    new, _ = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(record_to_numpy(new)["backbone.w"], 0.5)  # beta applies in the first resumed round
+    assert [h["round"] for h in strategy.history] == [4, 5] and (tmp_path / "checkpoints" / "round-5.npz").is_file()
 
 
 @pytest.mark.parametrize(
