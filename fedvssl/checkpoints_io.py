@@ -1,0 +1,144 @@
+"""Reading any backbone checkpoint: ours, the published FedVSSL ``round-540.npz`` files
+(three pickled layouts), and torchvision ``r3d_18`` state_dicts; writing either format.
+
+The published files hold a pickled Flower ``Parameters`` object (or an object array
+of arrays). They are read with a restricted unpickler that resolves only that class
+(to a local stand-in, so flwr 0.18 is not needed) and the NumPy globals that rebuild
+an array; anything else, ``os.system`` say, is refused before it can run.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedvssl.model import BACKBONE_PREFIX, R3D18
+
+try:  # NumPy 2
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # NumPy 1.x
+    from numpy.core.multiarray import _reconstruct
+
+_NUMPY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the entry."""
+
+
+class Parameters:
+    """Stand-in for Flower's ``Parameters``: pickle restores ``tensors`` and ``tensor_type``."""
+
+    tensors: list[bytes]
+    tensor_type: str
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if name == "Parameters" and (module == "flwr" or module.startswith("flwr.")):
+            return Parameters
+        if (module, name) in _NUMPY_GLOBALS:
+            return _reconstruct if name == "_reconstruct" else getattr(np, name)
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+
+
+def _read_member(data: bytes) -> np.ndarray:
+    f = io.BytesIO(data)
+    version = np.lib.format.read_magic(f)
+    header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    _, _, dtype = header(f)
+    if not dtype.hasobject:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    return RestrictedUnpickler(f).load()
+
+
+def read_npz_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """Every member of an .npz, with object members unpickled under the restrictions above."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return {n.removesuffix(".npy"): _read_member(z.read(n)) for n in z.namelist() if n.endswith(".npy")}
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except (OSError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable .npz ({e})") from None
+
+
+def published_arrays(path: str | Path, members: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The ordered tensor list of a published FedVSSL file, whichever of the three layouts."""
+    first = members.get("arr_0")
+    if first is not None and first.dtype == object:
+        if first.ndim == 0 and isinstance(first.item(), Parameters):  # layouts (a) and (c)
+            return [np.load(io.BytesIO(b), allow_pickle=False) for b in first.item().tensors]
+        if first.ndim == 1:  # layout (b)
+            return [np.asarray(a) for a in first]
+        raise CheckpointError(f"{path}: arr_0 holds {type(first.item()).__name__}, not Flower Parameters")
+    names = sorted((n for n in members if n.startswith("arr_")), key=lambda n: int(n[4:]))
+    return [members[n] for n in names]
+
+
+def backbone_keys() -> list[tuple[str, tuple[int, ...]]]:
+    return [(BACKBONE_PREFIX + k, tuple(v.shape)) for k, v in R3D18().state_dict().items()]
+
+
+def assign_backbone(path: str | Path, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Name the first 120 arrays as the CtP backbone, checking every shape and casting dtypes."""
+    keys = backbone_keys()
+    if len(arrays) < len(keys):
+        raise CheckpointError(f"{path}: {len(arrays)} arrays, a backbone needs {len(keys)}")
+    state = {}
+    for i, ((key, shape), arr) in enumerate(zip(keys, arrays, strict=False)):
+        if tuple(arr.shape) != shape:
+            raise CheckpointError(f"{path}: entry {i} ({key}) has shape {tuple(arr.shape)}, expected {shape}")
+        if key.endswith("num_batches_tracked"):
+            state[key] = np.asarray(np.rint(arr), dtype=np.int64)
+        else:
+            state[key] = np.asarray(arr, dtype=np.float32)
+    return state
+
+
+def load_backbone_state(path: str | Path) -> dict[str, np.ndarray]:
+    """The 120 named backbone arrays of any supported checkpoint.
+
+    Supported: our ``checkpoints/round-<r>.npz`` (named arrays), the published FedVSSL
+    ``.npz`` files, and torch files holding a torchvision ``r3d_18`` or a CtP-layout
+    state_dict (read with ``weights_only=True``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    if path.suffix in (".pt", ".pth"):
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"{path}: not a weights-only torch file ({e})") from None
+        sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+        if not isinstance(sd, Mapping):
+            raise CheckpointError(f"{path}: expected a state_dict")
+        tensors = [v for k, v in sd.items() if not k.startswith(("fc.", "cls_head.", "head.", "vcop_head."))]
+        return assign_backbone(path, [t.numpy() for t in tensors])
+    members = read_npz_arrays(path)
+    if any(k.startswith(BACKBONE_PREFIX) for k in members):  # ours: names are kept
+        missing = [k for k, _ in backbone_keys() if k not in members]
+        if missing:
+            raise CheckpointError(f"{path}: missing backbone entry {missing[0]}")
+        return assign_backbone(path, [members[k] for k, _ in backbone_keys()])
+    return assign_backbone(path, published_arrays(path, members))
+
+
+def to_torchvision(state: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Rename to torchvision ``r3d_18`` keys by position (same order, same shapes; no fc)."""
+    from torchvision.models.video import r3d_18
+
+    tv_keys = [k for k in r3d_18().state_dict() if not k.startswith("fc.")]
+    return {tk: torch.from_numpy(np.asarray(v)) for tk, v in zip(tv_keys, state.values(), strict=True)}
