@@ -3,17 +3,18 @@
 Client weights mix loss-based and sample-count weights,
 ``w_k = alpha * softmax(-loss)_k + (1 - alpha) * n_k / sum(n)``, and with
 ``beta = 1`` the new global model is the 1/2-1/2 average of that aggregate and the
-previous global model (from round 2 on). Sums run in float64 over a stream of
-client states, so memory holds one accumulator, never K stacked models.
+previous global model (from round 2 on). Sums run in float64 one tensor at a time,
+so memory holds the result and one tensor's accumulator, never K stacked models.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 State = Mapping[str, np.ndarray]
+_CHUNK = 1 << 17  # elements per float64 chunk (1 MiB): cache-resident, few Python iterations
 
 
 def client_weights(losses: Sequence[float], num_examples: Sequence[int], alpha: float) -> np.ndarray:
@@ -36,22 +37,39 @@ def _cast(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.rint(x).astype(dtype) if np.issubdtype(dtype, np.integer) else x.astype(dtype)
 
 
-def weighted_average(states: Iterable[State], weights: Sequence[float]) -> dict[str, np.ndarray]:
-    """Sum_k w_k * state_k, key by key in the first state's order, dtypes preserved."""
-    acc: dict[str, np.ndarray] = {}
-    dtypes: dict[str, np.dtype] = {}
-    for count, (state, w) in enumerate(zip(states, weights, strict=True)):
-        if not acc:
-            dtypes = {k: np.asarray(v).dtype for k, v in state.items()}
-            acc = {k: np.asarray(v, dtype=np.float64) * w for k, v in state.items()}
-        else:
-            if state.keys() != acc.keys():
-                raise ValueError(f"client {count} sent different tensors: {sorted(set(state) ^ set(acc))[:3]}")
-            for k, v in state.items():
-                acc[k] += np.asarray(v, dtype=np.float64) * w
-    if not acc:
+def weighted_average(states: Sequence[State], weights: Sequence[float]) -> dict[str, np.ndarray]:
+    """Sum_k w_k * state_k, key by key in the first state's order, dtypes preserved.
+
+    The outer loop runs over tensors and the inner one over clients, so besides the
+    result only one tensor's float64 accumulator is alive at a time; ``states`` may
+    be lazy mappings that decode a tensor only when it is read.
+    """
+    if len(states) != len(weights):
+        raise ValueError(f"{len(states)} client states but {len(weights)} weights")
+    if not states:
         raise ValueError("nothing to aggregate")
-    return {k: _cast(v, dtypes[k]) for k, v in acc.items()}
+    keys = list(states[0].keys())
+    for i, state in enumerate(states[1:], start=1):
+        if list(state.keys()) != keys:
+            raise ValueError(f"client {i} sent different tensors: {sorted(set(state) ^ set(keys))[:3]}")
+    out: dict[str, np.ndarray] = {}
+    acc = np.empty(_CHUNK, dtype=np.float64)
+    tmp = np.empty(_CHUNK, dtype=np.float64)
+    for key in keys:
+        columns = [np.asarray(state[key]).reshape(-1) for state in states]
+        first = np.asarray(states[0][key])
+        result = np.empty(first.size, dtype=first.dtype)
+        # Chunks small enough to stay in cache: inputs are read once, the float64 sums never leave it.
+        for start in range(0, first.size, _CHUNK):
+            stop = min(start + _CHUNK, first.size)
+            a, t = acc[: stop - start], tmp[: stop - start]
+            np.multiply(columns[0][start:stop], weights[0], out=a, dtype=np.float64)
+            for col, w in zip(columns[1:], weights[1:], strict=True):
+                np.multiply(col[start:stop], w, out=t, dtype=np.float64)
+                a += t
+            result[start:stop] = _cast(a, first.dtype)
+        out[key] = result.reshape(first.shape)
+    return out
 
 
 def beta_step(aggregate: State, previous: State) -> dict[str, np.ndarray]:

@@ -8,11 +8,12 @@ step and writes one checkpoint and one history entry per round.
 
 from __future__ import annotations
 
+import io
 import logging
 import random
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,33 @@ log = logging.getLogger(__name__)
 
 def record_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
+
+
+class LazyArrays(Mapping):
+    """Read-only view of an ArrayRecord that decodes a tensor only when it is read."""
+
+    def __init__(self, record: ArrayRecord) -> None:
+        self.record = record
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        # A read-only view on the message bytes: no copy (Array.numpy() would make one).
+        data = self.record[key].data
+        f = io.BytesIO(data)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        if dtype.hasobject:
+            raise ValueError(f"tensor {key} holds Python objects")
+        arr = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=f.tell())
+        return arr.reshape(shape, order="F" if fortran else "C")
+
+    def __iter__(self):
+        return iter(self.record.keys())
+
+    def __len__(self) -> int:
+        return len(self.record)
 
 
 def numpy_to_record(state: dict[str, np.ndarray]) -> ArrayRecord:
@@ -163,7 +191,7 @@ class FedVSSL(FedAvg):
         counts = [int(m["num-examples"]) for m in metrics]
         weights = client_weights(losses, counts, self.alpha)
         arrays = [_single(m.content.array_records, "ArrayRecord", m.metadata.src_node_id) for m in valid]
-        aggregate = weighted_average((record_to_numpy(a) for a in arrays), weights)
+        aggregate = weighted_average([LazyArrays(a) for a in arrays], weights)
         if self.beta == 1 and server_round >= 2:
             aggregate = beta_step(aggregate, self._previous)
         entry = {

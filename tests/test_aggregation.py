@@ -65,7 +65,7 @@ def test_three_rounds_against_hand_computation(alpha, beta):
         w = hand_weights(losses, counts, alpha)
         hand = sum(wk * s["backbone.w"].astype(np.float64) for wk, s in zip(w, states, strict=True))
         aggregates.append(hand)
-        out = weighted_average(iter(states), client_weights(losses, counts, alpha))
+        out = weighted_average(states, client_weights(losses, counts, alpha))
         if beta and rnd >= 2:
             out = beta_step(out, previous)
         previous = out
