@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from omegaconf import OmegaConf
 
 from fedvssl.config import CONFIG_KEY, build_method, from_yaml
 from fedvssl.strategy import numpy_to_record, record_to_numpy
@@ -11,12 +12,28 @@ from fedvssl.training import local_train
 
 app = ClientApp()
 
+# Per-SuperNode settings (``flower-supernode --node-config "..."``) that override the
+# server's config, for federations where every node has its own disks.
+NODE_OVERRIDES = {
+    "partition-dir": "partition.dir",  # folder holding this node's client_dist<k>.json
+    "videos": "dataset.pretrain.videos",  # this node's video folder
+    "state-dir": "run.dir",  # where this node keeps its head between rounds
+}
+
+
+def node_config(cfg, context: Context):
+    """The run config with this node's own paths applied."""
+    for key, dotted in NODE_OVERRIDES.items():
+        if key in context.node_config:
+            OmegaConf.update(cfg, dotted, str(context.node_config[key]))
+    return cfg
+
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """The server's message carries the run config; the node config says which partition is ours."""
     config = msg.content["config"]
-    cfg = from_yaml(str(config[CONFIG_KEY]))
+    cfg = node_config(from_yaml(str(config[CONFIG_KEY])), context)
     partition_id = int(context.node_config["partition-id"])
     arrays: ArrayRecord = msg.content["arrays"]
     shared, metrics = local_train(

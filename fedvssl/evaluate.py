@@ -1,17 +1,27 @@
-"""Downstream evaluation of a backbone on UCF-101 and HMDB-51 (retrieval)."""
+"""Downstream evaluation of a backbone on UCF-101 and HMDB-51: retrieval, and fine-tuning.
+
+``python -m fedvssl.evaluate checkpoint=<path> finetune=ucf101`` evaluates any
+checkpoint that ``fedvssl.checkpoints_io`` reads (ours, a published FedVSSL .npz, a
+torchvision state_dict) with the same Hydra configs as the main job; without
+``checkpoint`` it evaluates the seeded random-init backbone, the control. Add
+``finetune.training.enabled=true`` for fine-tuning on top of retrieval.
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
+import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from fedvssl.annotations import VideoRecord
+from fedvssl.annotations import DataError, VideoRecord
 from fedvssl.dataset import ClipsDataset
 from fedvssl.model import R3D18, load_backbone
 from fedvssl.retrieval import extract_features, recall_at_k
@@ -19,9 +29,10 @@ from fedvssl.sources import downstream_splits
 from fedvssl.ssl.base import REFERENCE_CROP
 
 log = logging.getLogger(__name__)
+State = Mapping[str, np.ndarray] | None
 
 
-def build_backbone(state: Mapping[str, np.ndarray] | None, seed: int) -> R3D18:
+def build_backbone(state: State, seed: int) -> R3D18:
     """The standard-stride backbone, from a state or (``None``) the seeded random init."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -41,22 +52,68 @@ def _loader(records: list[VideoRecord], cfg: DictConfig) -> DataLoader:
     return DataLoader(ds, batch_size=int(r.batch_size), num_workers=int(cfg.runtime.eval_workers))
 
 
-def retrieval(cfg: DictConfig, backbones: Mapping[str, R3D18]) -> dict[str, dict]:
-    """R@k per downstream dataset for each named backbone; clips are decoded once per backbone."""
+def evaluate_states(cfg: DictConfig, states: Mapping[str, State]) -> dict[str, dict]:
+    """Per downstream dataset: retrieval (and fine-tuning if enabled) of each named backbone state.
+
+    The first state's scores sit at the top of the dataset's entry; the others (such
+    as ``random_init``) under their names.
+    """
+    from fedvssl.finetune import finetune
+
     results: dict[str, dict] = {}
     ks = list(cfg.finetune.retrieval.ks)
     for name in cfg.finetune.datasets:
-        train, test = downstream_splits(cfg, name)
-        entry: dict = {"queries": len(test), "gallery": len(train)}
-        for tag, backbone in backbones.items():
+        train, test, classes = downstream_splits(cfg, name)
+        entry: dict = {"queries": len(test), "gallery": len(train), "classes": len(classes)}
+        for i, (tag, state) in enumerate(states.items()):
             start = time.perf_counter()
+            backbone = build_backbone(state, int(cfg.seed))
             g, gl = extract_features(backbone, _loader(train, cfg), progress=cfg.runtime.progress)
             q, ql = extract_features(backbone, _loader(test, cfg), progress=cfg.runtime.progress)
-            scores = {"retrieval": recall_at_k(q, ql, g, gl, ks), "time_s": round(time.perf_counter() - start, 2)}
-            if tag == "pretrained":
+            scores: dict = {"retrieval": recall_at_k(q, ql, g, gl, ks), "time_s": round(time.perf_counter() - start, 2)}
+            if cfg.finetune.training.enabled:
+                scores["finetune"] = finetune(cfg, train, test, len(classes), state)
+            if i == 0:
                 entry.update(scores)
             else:
                 entry[tag] = scores
-            log.info("%s %s: %s", name, tag, scores["retrieval"])
+            log.info("%s %s: %s", name, tag, {k: v for k, v in scores.items() if k != "time_s"})
         results[name] = entry
     return results
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from dataset_preparation.synthetic import WorldSpec, ensure
+    from fedvssl.checkpoint import write_json, write_text
+    from fedvssl.checkpoints_io import CheckpointError, load_backbone_state
+    from fedvssl.config import ConfigError, validate
+    from fedvssl.results import results_markdown
+
+    run_dir = Path(cfg.run.dir)
+    try:
+        validate(cfg)
+        if cfg.dataset.get("generate", False):
+            ensure(cfg.dataset.root, WorldSpec(**cfg.dataset.get("spec", {})))
+        checkpoint = cfg.get("checkpoint")
+        states = {"pretrained": load_backbone_state(checkpoint)} if checkpoint else {"random_init": None}
+        start = time.perf_counter()
+        results = evaluate_states(cfg, states)
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f"fedvssl: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    results["run"] = {
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "overrides": list(HydraConfig.get().overrides.task),
+        "wall_time_s": {"evaluation_s": round(time.perf_counter() - start, 2)},
+    }
+    write_json(run_dir / "results.json", results)
+    text = results_markdown(results, list(cfg.finetune.retrieval.ks), next(iter(states)))
+    write_text(run_dir / "results.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

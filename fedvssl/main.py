@@ -17,6 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from fedvssl.annotations import DataError, read_class_index, read_partition
+from fedvssl.checkpoints_io import CheckpointError
 from fedvssl.config import CONFIG_ENV, ConfigError, to_yaml, validate
 
 log = logging.getLogger("fedvssl")
@@ -103,20 +104,18 @@ def simulate(cfg: DictConfig) -> None:
 
 
 def evaluate(cfg: DictConfig, checkpoint: Path) -> dict:
-    from fedvssl.checkpoint import load_npz
-    from fedvssl.evaluate import build_backbone, retrieval
+    from fedvssl.checkpoints_io import load_backbone_state
+    from fedvssl.evaluate import evaluate_states
 
-    backbones = {"pretrained": build_backbone(load_npz(checkpoint), int(cfg.seed))}
+    states = {"pretrained": load_backbone_state(checkpoint)}
     if cfg.finetune.retrieval.compare_random_init:
-        backbones["random_init"] = build_backbone(None, int(cfg.seed))
-    return retrieval(cfg, backbones)
+        states["random_init"] = None
+    return evaluate_states(cfg, states)
 
 
-def run(cfg: DictConfig) -> dict:
-    from hydra.core.hydra_config import HydraConfig
-
-    from fedvssl.checkpoint import write_json, write_text
-    from fedvssl.results import history_frame, plot_history, retrieval_table
+def prepare_run(cfg: DictConfig) -> Path:
+    """Everything before federated training: environment, data, partitions, the apps' config file."""
+    from fedvssl.checkpoint import write_text
 
     run_dir = Path(cfg.run.dir)
     cfg.dataset.root = os.path.abspath(cfg.dataset.root)
@@ -125,16 +124,26 @@ def run(cfg: DictConfig) -> dict:
     for key, value in FLOWER_ENV.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("FLWR_HOME", str(run_dir / "flwr"))
-    times = {}
-
-    start = time.perf_counter()
     prepare_data(cfg)
-    times["data_s"] = time.perf_counter() - start
-
     (run_dir / "stopped.txt").unlink(missing_ok=True)
     config_path = run_dir / "fedvssl.yaml"
     write_text(config_path, to_yaml(cfg))
     os.environ[CONFIG_ENV] = str(config_path)
+    return config_path
+
+
+def run(cfg: DictConfig) -> dict:
+    from hydra.core.hydra_config import HydraConfig
+
+    from fedvssl.checkpoint import write_json, write_text
+    from fedvssl.results import history_frame, plot_history, results_markdown
+
+    run_dir = Path(cfg.run.dir)
+    times = {}
+    start = time.perf_counter()
+    prepare_run(cfg)
+    times["data_s"] = time.perf_counter() - start
+
     start = time.perf_counter()
     checkpoint = run_dir / "checkpoints" / f"round-{cfg.num_rounds}.npz"
     stopped = run_dir / "stopped.txt"
@@ -157,13 +166,18 @@ def run(cfg: DictConfig) -> dict:
     results["run"] = {
         "checkpoint": str(checkpoint),
         "rounds": int(cfg.num_rounds),
+        "pretraining_videos": sum(
+            h for h in json.loads((run_dir / "partition" / "manifest.json").read_text())["counts"]
+        )
+        if (run_dir / "partition" / "manifest.json").is_file()
+        else None,
         "overrides": list(HydraConfig.get().overrides.task),
         "wall_time_s": {k: round(v, 2) for k, v in times.items()},
     }
     write_json(run_dir / "results.json", results)
-    table = retrieval_table(results, list(cfg.finetune.retrieval.ks))
-    write_text(run_dir / "results.md", f"# Retrieval (R@k, %)\n\n{table}")
-    print(f"\nRetrieval after {cfg.num_rounds} rounds ({run_dir}):\n\n{table}")
+    text = results_markdown(results, list(cfg.finetune.retrieval.ks))
+    write_text(run_dir / "results.md", text)
+    print(f"\nAfter {cfg.num_rounds} rounds ({run_dir}):\n\n{text}")
     return results
 
 
@@ -172,7 +186,7 @@ def main(cfg: DictConfig) -> None:
     try:
         validate(cfg)
         run(cfg)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, CheckpointError) as e:
         print(f"fedvssl: error: {e}", file=sys.stderr)
         sys.exit(2)
     except RunError as e:

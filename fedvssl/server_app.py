@@ -54,6 +54,7 @@ def main(grid: Grid, context: Context) -> None:
         out_dir=cfg.run.dir,
         start_round=done,
         history=history,
+        progress_rounds=int(cfg.num_rounds) if cfg.runtime.progress else 0,
         _convert_="all",
     )
     strategy.start(

@@ -47,10 +47,10 @@ def pretrain_root(cfg: DictConfig) -> str:
     return str(p.videos if p.format == "kinetics_csv" else p.root)
 
 
-def downstream_splits(cfg: DictConfig, name: str) -> tuple[list[VideoRecord], list[VideoRecord]]:
-    """Screened (train, test) lists of a downstream dataset."""
+def downstream_splits(cfg: DictConfig, name: str) -> tuple[list[VideoRecord], list[VideoRecord], list[str]]:
+    """Screened (train, test) lists of a downstream dataset, and its class names."""
     ds = cfg.dataset[name]
-    train, test, _ = DOWNSTREAM_READERS[name](Path(ds.root), int(ds.split))
+    train, test, classes = DOWNSTREAM_READERS[name](Path(ds.root), int(ds.split))
     train, _ = usable(cfg, train, f"{name} train", ds.root)
     test, _ = usable(cfg, test, f"{name} test", ds.root)
-    return train, test
+    return train, test, classes

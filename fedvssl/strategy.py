@@ -20,6 +20,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from tqdm import tqdm
 
 from fedvssl.aggregation import beta_step, client_weights, weighted_average
 from fedvssl.checkpoint import save_npz, write_json
@@ -95,6 +96,7 @@ class FedVSSL(FedAvg):
         min_replies: int = 1,
         start_round: int = 0,
         history: list[dict] | None = None,
+        progress_rounds: int = 0,
     ) -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"strategy.alpha={alpha} must be in [0, 1]")
@@ -124,6 +126,8 @@ class FedVSSL(FedAvg):
         self._previous: dict[str, np.ndarray] | None = None
         self._round: dict = {}
         self._partitions: dict[int, int] = {}  # node id -> partition id
+        # A progress bar over all rounds (0: none, as in CI and non-interactive runs).
+        self._bar = tqdm(total=progress_rounds, initial=start_round, desc="rounds") if progress_rounds else None
 
     def partition_ids(self, grid: Grid, nodes: list[int]) -> dict[int, int]:
         """Ask every node once for its partition id (node ids are not partition ids)."""
@@ -224,4 +228,7 @@ class FedVSSL(FedAvg):
             "round %d: weights %s, losses %s", server_round, np.round(weights, 4).tolist(), np.round(losses, 4).tolist()
         )
         mean_loss = float(np.dot(weights, losses))
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{mean_loss:.3f}")
+            self._bar.update(1)
         return numpy_to_record(aggregate), MetricRecord({"train-loss": mean_loss})

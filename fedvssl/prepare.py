@@ -1,0 +1,34 @@
+"""Prepare a run for ``flwr run`` (Flower's simulation or deployment runtime).
+
+``python -m fedvssl.prepare [overrides]`` composes the same Hydra config as
+``fedvssl.main``, checks it, prepares the data and partitions, writes the resolved
+config into the run folder, and prints the ``flwr run`` line that uses it. The
+ServerApp and ClientApp read nothing else, so there is no second copy of any default.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from fedvssl.annotations import DataError
+from fedvssl.config import ConfigError, validate
+from fedvssl.main import prepare_run
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    try:
+        validate(cfg)
+        path = prepare_run(cfg)
+    except (ConfigError, DataError) as e:
+        print(f"fedvssl: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(path)
+    print(f"""flwr run . <superlink> --run-config "config-path='{path}'" --stream""")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Summaries of Hydra multiruns, and our numbers beside the paper's.
+
+- ``SweepSummary``: a Hydra callback (configured in ``conf/config.yaml``) that writes
+  ``summary.md``, ``summary.csv`` and ``summary.png`` into the multirun folder when
+  the sweep ends.
+- ``python -m fedvssl.sweep summary <multirun dir>``: the same, for any folder.
+- ``python -m fedvssl.sweep paper <run or multirun dir>``: our R@1 and top-1 beside
+  the published FedVSSL numbers of the same (alpha, beta) variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from hydra.experimental.callback import Callback
+
+METRICS = ("R@1", "R@5", "R@10", "R@20", "R@50")
+
+
+def job_rows(folder: Path) -> pd.DataFrame:
+    """One row per job folder holding a ``results.json``: its overrides and its downstream numbers."""
+    rows = []
+    for results_file in sorted(Path(folder).rglob("results.json"), key=lambda p: str(p)):
+        job = results_file.parent
+        results = json.loads(results_file.read_text())
+        run = results.get("run", {})
+        row: dict[str, Any] = {
+            "job": str(job.relative_to(folder)) or ".",
+            "overrides": " ".join(run.get("overrides", [])),
+        }
+        config = job / "fedvssl.yaml"
+        if config.is_file():
+            strategy = yaml.safe_load(config.read_text()).get("strategy", {})
+            row.update(alpha=strategy.get("alpha"), beta=strategy.get("beta"), share=strategy.get("share"))
+        for name, entry in results.items():
+            if not isinstance(entry, dict) or "retrieval" not in entry:
+                continue
+            for metric in METRICS:
+                row[f"{name} {metric}"] = entry["retrieval"].get(metric)
+            if "finetune" in entry:
+                row[f"{name} top1"] = entry["finetune"]["top1"]
+                row[f"{name} top5"] = entry["finetune"]["top5"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """A markdown table (pandas' own needs the optional tabulate package)."""
+
+    def fmt(v: Any) -> str:
+        return f"{v:.2f}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+    head = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    return "\n".join(
+        [head, rule, *("| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False))]
+    )
+
+
+def write_summary(folder: Path) -> pd.DataFrame:
+    frame = job_rows(folder)
+    if frame.empty:
+        raise SystemExit(f"{folder}: no results.json below this folder")
+    frame.to_csv(folder / "summary.csv", index=False)
+    (folder / "summary.md").write_text(f"# Sweep summary ({folder})\n\n{markdown(frame)}\n")
+    plot(frame, folder / "summary.png")
+    return frame
+
+
+def plot(frame: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [c for c in frame.columns if c.endswith(" R@1") or c.endswith(" top1")]
+    ax = frame.set_index("job")[columns].plot.bar(figsize=(max(5, 1.2 * len(frame)), 3.5), rot=0)
+    ax.set(ylabel="%", title="Downstream results per job")
+    ax.figure.tight_layout()
+    ax.figure.savefig(path, dpi=100)
+    plt.close(ax.figure)
+
+
+class SweepSummary(Callback):
+    """Writes the summary when a Hydra multirun ends."""
+
+    def on_multirun_end(self, config, **kwargs: Any) -> None:
+        folder = Path(config.hydra.sweep.dir)
+        if any(folder.rglob("results.json")):
+            write_summary(folder)
+
+
+def paper_table(folder: Path) -> str:
+    paper = pd.read_csv(resources.files("fedvssl").joinpath("data/paper_results.csv"))
+    ours = job_rows(folder)
+    lines = [
+        "| variant | ours UCF R@1 | paper UCF R@1 | ours HMDB R@1 | paper HMDB R@1 "
+        "| ours UCF top-1 | paper UCF top-1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for _, row in ours.iterrows():
+        match = paper[
+            (paper.alpha == row.get("alpha")) & (paper.beta == row.get("beta")) & (paper.share == row.get("share"))
+        ]
+        ref = match.iloc[0] if len(match) else None
+
+        def cell(value):
+            return "-" if value is None or pd.isna(value) else f"{value:.2f}"
+
+        name = ref["variant"] if ref is not None else f"alpha={row.get('alpha')} beta={row.get('beta')} ({row['job']})"
+        lines.append(
+            f"| {name} | {cell(row.get('ucf101 R@1'))} | {cell(None if ref is None else ref['ucf101_R@1'])} "
+            f"| {cell(row.get('hmdb51 R@1'))} | {cell(None if ref is None else ref['hmdb51_R@1'])} "
+            f"| {cell(row.get('ucf101 top1'))} | {cell(None if ref is None else ref['ucf101_top1'])} |"
+        )
+    sources = sorted(set(paper["source"]))
+    return "\n".join(lines) + "\n\nPaper numbers: CtP, K-400 non-iid, 540 rounds. Sources: " + "; ".join(sources) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("summary", help="summary.md/.csv/.png for a multirun folder").add_argument("folder", type=Path)
+    sub.add_parser("paper", help="our numbers beside the paper's").add_argument("folder", type=Path)
+    a = p.parse_args(argv)
+    if a.command == "summary":
+        frame = write_summary(a.folder)
+        print(markdown(frame))
+    else:
+        print(paper_table(a.folder))
+
+
+if __name__ == "__main__":
+    main()

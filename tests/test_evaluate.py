@@ -1,0 +1,122 @@
+"""Standalone evaluation, fine-tuning metrics, sweep summaries and the paper table."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, run_main
+from test_checkpoints import write_layout
+
+from fedvssl.checkpoint import save_npz
+from fedvssl.finetune import accuracies, video_logits
+from fedvssl.model import R3D18
+
+TINY = ["input=tiny", "finetune=ucf101", "finetune.retrieval.num_clips=2", "runtime.eval_workers=0"]
+
+
+def run_evaluate(args, env):
+    return subprocess.run(
+        [sys.executable, "-m", "fedvssl.evaluate", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_accuracies_by_hand():
+    logits = torch.tensor([[3.0, 2, 1, 0], [0, 3, 2, 1], [0, 1, 3, 2], [3, 0, 1, 2]])
+    labels = torch.tensor([0, 2, 2, 3])
+    acc = accuracies(logits, labels, num_classes=4)
+    assert acc["top1"] == 50.0  # videos 0 and 2
+    assert acc["top5"] == 100.0  # k = min(5, 4) classes: always a hit
+    assert acc["mean_class"] == pytest.approx(100 * (1 + 0.5 + 0) / 3)  # classes 0, 2 and 3 are present
+    assert accuracies(logits, labels, 10)["top5"] == 100.0
+
+
+def test_test_logits_average_clips_and_drop_bad_videos():
+    class Sum(torch.nn.Module):
+        def forward(self, x):  # one "logit" per class: the clip's mean, then its negative
+            m = x.mean(dim=(1, 2, 3, 4))
+            return torch.stack([m, -m], dim=1)
+
+    views = torch.stack([torch.full((3, 1, 1, 1, 1), float(v)) for v in (1, 5, 9)])  # 3 videos x 3 clips
+    views[0, 0] = 4.0  # clips of video 0: 4, 1, 1 -> mean 2
+    batch = {"imgs": views, "label": torch.tensor([0, 1, 0]), "bad": torch.tensor([-1, 1, -1])}
+    logits, labels = video_logits(Sum(), [batch])
+    torch.testing.assert_close(logits, torch.tensor([[2.0, -2.0], [9.0, -9.0]]))
+    assert labels.tolist() == [0, 0]
+
+
+def test_standalone_on_saved_and_published_checkpoints(tmp_path, flower_env, world):
+    torch.manual_seed(1)
+    state = {f"backbone.{k}": v.numpy() for k, v in R3D18().state_dict().items()}
+    save_npz(tmp_path / "ours.npz", state)
+    arrays = list(state.values()) + [np.zeros((7, 512), np.float32), np.zeros(7, np.float32)]
+    write_layout(tmp_path / "round-540.npz", arrays, "a")
+    outputs = {}
+    for name in ("ours.npz", "round-540.npz"):
+        run = tmp_path / name.split(".")[0]
+        proc = run_evaluate(
+            [*TINY, f"checkpoint={tmp_path / name}", f"dataset.root={world}", f"hydra.run.dir={run}"], flower_env
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outputs[name] = json.loads((run / "results.json").read_text())
+        assert "| ucf101 | pretrained |" in proc.stdout
+    a, b = (outputs[n]["ucf101"]["retrieval"] for n in outputs)
+    assert a == b  # the same weights in two formats give the same numbers
+    control = run_evaluate([*TINY, f"dataset.root={world}", f"hydra.run.dir={tmp_path / 'control'}"], flower_env)
+    assert control.returncode == 0 and "| ucf101 | random_init |" in control.stdout
+
+
+def test_fine_tuning_reports_top1_top5_mean_class(tmp_path, flower_env, world):
+    args = [*TINY, "finetune.training.enabled=true", "finetune.training.epochs=1", "finetune.training.num_test_clips=2"]
+    proc = run_evaluate([*args, f"dataset.root={world}", f"hydra.run.dir={tmp_path / 'ft'}"], flower_env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    tuned = json.loads((tmp_path / "ft" / "results.json").read_text())["ucf101"]["finetune"]
+    assert 0 <= tuned["top1"] <= tuned["top5"] <= 100 and 0 <= tuned["mean_class"] <= 100 and tuned["epochs"] == 1
+    assert "# Fine-tuning (%)" in (tmp_path / "ft" / "results.md").read_text()
+
+
+def test_wrong_architecture_is_one_line(tmp_path, flower_env, world):
+    save_npz(tmp_path / "bad.npz", {"backbone.stem.conv.weight": np.zeros((3, 3), np.float32)})
+    proc = run_evaluate([*TINY, f"checkpoint={tmp_path / 'bad.npz'}", f"dataset.root={world}"], flower_env)
+    [line] = [x for x in proc.stderr.splitlines() if x.startswith("fedvssl: error:")]
+    assert proc.returncode == 2 and "bad.npz: missing backbone entry backbone.stem.bn.weight" in line
+
+
+def test_empty_split_is_one_line(tmp_path, flower_env, world):
+    import shutil
+
+    shutil.copytree(world, tmp_path / "w")
+    (tmp_path / "w" / "ucf101" / "ucfTrainTestlist" / "testlist01.txt").write_text("\n")
+    proc = run_evaluate([*TINY, f"dataset.root={tmp_path / 'w'}"], flower_env)
+    [line] = [x for x in proc.stderr.splitlines() if x.startswith("fedvssl: error:")]
+    assert proc.returncode == 2 and line.endswith("testlist01.txt: the split is empty")
+
+
+def test_sweep_summary_and_paper_table(tmp_path, flower_env, world):
+    sweep = tmp_path / "multi"
+    args = ["-m", *TINY, "partition.num_clients=2", "num_rounds=1", "strategy=fedvssl_a0_b0,fedvssl_a1_b1"]
+    proc = run_main([*args, f"dataset.root={world}", f"hydra.sweep.dir={sweep}"], flower_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = (sweep / "summary.md").read_text()
+    assert summary.count("\n| ") >= 2 and "strategy=fedvssl_a1_b1" in summary and "ucf101 R@1" in summary
+    assert (sweep / "summary.png").stat().st_size > 5000
+    import pandas as pd
+
+    frame = pd.read_csv(sweep / "summary.csv")
+    assert list(frame["alpha"]) == [0.0, 1.0] and list(frame["beta"]) == [0, 1]
+    cmd = [sys.executable, "-m", "fedvssl.sweep"]
+    again = subprocess.run([*cmd, "summary", str(sweep)], cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 0 and "ucf101 R@1" in again.stdout
+    paper = subprocess.run([*cmd, "paper", str(sweep)], cwd=ROOT, capture_output=True, text=True)
+    assert paper.returncode == 0, paper.stderr
+    row = next(line for line in paper.stdout.splitlines() if line.startswith("| FedVSSL(alpha=1 beta=1)"))
+    assert "35.66" in row and "16.41" in row and "78.99" in row
+    ours = json.loads((sweep / "1" / "results.json").read_text())["ucf101"]["retrieval"]["R@1"]
+    assert f"{ours:.2f}" in row
