@@ -39,10 +39,14 @@ def flower_env(tmp_path) -> dict[str, str]:
 
 
 def run_main(args: list[str], env: dict[str, str], timeout: float = 600):
+    return run_module("fedvssl.main", args, env, timeout)
+
+
+def run_module(module: str, args: list[str], env: dict[str, str], timeout: float = 600):
     import subprocess
 
     return subprocess.run(
-        [sys.executable, "-m", "fedvssl.main", *args],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_main
+from conftest import ROOT, run_main, run_module
 from test_checkpoints import write_layout
 
 from fedvssl.checkpoint import save_npz
@@ -18,14 +18,7 @@ TINY = ["input=tiny", "finetune=ucf101", "finetune.retrieval.num_clips=2", "runt
 
 
 def run_evaluate(args, env):
-    return subprocess.run(
-        [sys.executable, "-m", "fedvssl.evaluate", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_module("fedvssl.evaluate", args, env)
 
 
 def test_accuracies_by_hand():
