@@ -67,6 +67,7 @@ def plot_history(history: list[dict], path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     frame = history_frame(history)
     fig, (ax_loss, ax_w) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -77,6 +78,8 @@ def plot_history(history: list[dict], path) -> None:
     ax_loss.plot(mean.index, mean.values, color="black", linewidth=2, label="weighted mean")
     ax_loss.set(xlabel="round", ylabel="local training loss", title="Client losses")
     ax_w.set(xlabel="round", ylabel="weight w_k", title="Aggregation weights")
+    for ax in (ax_loss, ax_w):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     if frame["partition_id"].nunique() <= 10:
         ax_loss.legend(fontsize=7)
     fig.tight_layout()
