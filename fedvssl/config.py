@@ -43,6 +43,14 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.input.clip_len >= 1, f"input.clip_len={cfg.input.clip_len} must be >= 1")
     _check(cfg.input.crop_size >= 16, f"input.crop_size={cfg.input.crop_size} must be >= 16")
     _check(cfg.train.batch_size >= 1, f"train.batch_size={cfg.train.batch_size} must be >= 1")
+    device = str(cfg.runtime.device)
+    _check(
+        device in ("cpu", "auto") or device.startswith("cuda"), f"runtime.device={device} must be cpu, cuda[:N] or auto"
+    )
+    if device.startswith("cuda"):
+        import torch
+
+        _check(torch.cuda.is_available(), f"runtime.device={device} but no CUDA device is available here")
     scheme = cfg.partition.scheme
     _check(scheme in ("iid", "noniid", "dirichlet", "published"), f"partition.scheme={scheme} is not a known scheme")
     fmt = cfg.dataset.pretrain.format

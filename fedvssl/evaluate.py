@@ -27,6 +27,7 @@ from fedvssl.model import R3D18, load_backbone
 from fedvssl.retrieval import extract_features, recall_at_k
 from fedvssl.sources import downstream_splits
 from fedvssl.ssl.base import REFERENCE_CROP
+from fedvssl.training import device_of
 
 log = logging.getLogger(__name__)
 State = Mapping[str, np.ndarray] | None
@@ -68,8 +69,9 @@ def evaluate_states(cfg: DictConfig, states: Mapping[str, State]) -> dict[str, d
         for i, (tag, state) in enumerate(states.items()):
             start = time.perf_counter()
             backbone = build_backbone(state, int(cfg.seed))
-            g, gl = extract_features(backbone, _loader(train, cfg), progress=cfg.runtime.progress)
-            q, ql = extract_features(backbone, _loader(test, cfg), progress=cfg.runtime.progress)
+            device = str(device_of(cfg.runtime.device))
+            g, gl = extract_features(backbone, _loader(train, cfg), device, progress=cfg.runtime.progress)
+            q, ql = extract_features(backbone, _loader(test, cfg), device, progress=cfg.runtime.progress)
             scores: dict = {"retrieval": recall_at_k(q, ql, g, gl, ks), "time_s": round(time.perf_counter() - start, 2)}
             if cfg.finetune.training.enabled:
                 scores["finetune"] = finetune(cfg, train, test, len(classes), state)

@@ -27,6 +27,7 @@ from fedvssl.dataset import ClipsDataset, VideoDataset, random_clip_indices
 from fedvssl.model import R3D18, load_backbone
 from fedvssl.ssl.base import REFERENCE_CROP, read_clip
 from fedvssl.ssl.speed import ClsHead
+from fedvssl.training import device_of, to_device
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,9 @@ def accuracies(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> 
 
 
 @torch.inference_mode()
-def video_logits(model: nn.Module, loader: DataLoader, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def video_logits(
+    model: nn.Module, loader: DataLoader, progress: bool = False, device: str | torch.device = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Clip logits averaged per video (undecodable videos left out)."""
     model.eval()
     out, labels = [], []
@@ -103,7 +106,7 @@ def video_logits(model: nn.Module, loader: DataLoader, progress: bool = False) -
         views = batch["imgs"][keep]
         if len(views):
             b, c = views.shape[:2]
-            out.append(model(views.flatten(0, 1)).view(b, c, -1).mean(1))
+            out.append(model(views.flatten(0, 1).to(device)).view(b, c, -1).mean(1).float().cpu())
             labels.append(torch.as_tensor(batch["label"])[keep])
     return torch.cat(out), torch.cat(labels)
 
@@ -117,8 +120,9 @@ def finetune(
 ) -> dict[str, Any]:
     """Train the classifier for ``finetune.training.epochs`` and test it with uniform clips."""
     t, seed = cfg.finetune.training, int(cfg.seed)
+    device = device_of(cfg.runtime.device)
     start = time.perf_counter()
-    model = build_classifier(state, num_classes, float(t.dropout), seed)
+    model = build_classifier(state, num_classes, float(t.dropout), seed).to(device)
     if t.linear_probe:
         for p in model.backbone.parameters():
             p.requires_grad_(False)
@@ -139,6 +143,7 @@ def finetune(
         )
         total, seen = 0.0, 0
         for batch in loader:
+            batch = to_device(batch, device)
             loss = F.cross_entropy(model(batch["imgs"]), batch["label"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -160,7 +165,7 @@ def finetune(
         cfg.runtime.decode_backend,
     )
     loader = DataLoader(clips, batch_size=int(r.batch_size), num_workers=int(cfg.runtime.eval_workers))
-    logits, labels = video_logits(model, loader, bool(cfg.runtime.progress))
+    logits, labels = video_logits(model, loader, bool(cfg.runtime.progress), device)
     return {
         **accuracies(logits, labels, num_classes),
         "epochs": int(t.epochs),

@@ -98,8 +98,26 @@ def drop_unusable(records: list, cfg: DictConfig) -> list:
     return [r for r in records if r.path and r.path not in bad]
 
 
-def train_epoch(model: PretextModel, method: SSLMethod, loader: DataLoader, progress: bool = False) -> dict[str, float]:
+def device_of(name: str) -> torch.device:
+    """``runtime.device``: cpu, cuda, cuda:N, or auto (cuda where available)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def train_epoch(
+    model: PretextModel,
+    method: SSLMethod,
+    loader: DataLoader,
+    progress: bool = False,
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
     """One pass over ``loader``; returns the mean loss, mean metrics and the sample count."""
+    device = torch.device(device)
     model.train()
     optimizer = method.make_optimizer(model)
     clip = method.optimizer.get("grad_clip")
@@ -108,7 +126,7 @@ def train_epoch(model: PretextModel, method: SSLMethod, loader: DataLoader, prog
         bad = batch.pop("bad", None)
         if bad is not None:
             replaced += [int(b) for b in torch.as_tensor(bad).tolist() if b >= 0]
-        loss, metrics = method.loss(model, batch)
+        loss, metrics = method.loss(model, to_device(batch, device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()}")
         optimizer.zero_grad(set_to_none=True)
@@ -137,6 +155,7 @@ def local_train(
     start = time.perf_counter()
     torch.set_num_threads(int(cfg.runtime.torch_threads))
     share = cfg.strategy.share
+    device = device_of(cfg.runtime.device)
     model = method.build_model(int(cfg.seed))
     keys = shared_keys(model, share)
     inject_fault(cfg, partition_id, server_round)
@@ -147,6 +166,7 @@ def local_train(
     if share != "full" and (head := heads.load_before(server_round)) is not None:
         model.load_state_dict(head, strict=False)
     load_shared(model, global_arrays, keys)
+    model.to(device)
 
     records = read_partition(
         Path(cfg.partition.dir) / f"client_dist{partition_id + 1}.json", Path(cfg.dataset.pretrain.videos)
@@ -159,9 +179,10 @@ def local_train(
         shuffle=True,
         num_workers=workers,
         persistent_workers=False,
+        pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(seed_of(int(cfg.seed), server_round, partition_id)),
     )
-    metrics = train_epoch(model, method, loader, progress=bool(cfg.runtime.progress))
+    metrics = train_epoch(model, method, loader, progress=bool(cfg.runtime.progress), device=device)
 
     if share != "full":
         sd = model.state_dict()
