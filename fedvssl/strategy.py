@@ -190,7 +190,11 @@ class FedVSSL(FedAvg):
             if self.out_dir is not None:
                 (self.out_dir / "stopped.txt").write_text(message.splitlines()[0] + "\n")
             raise RuntimeError(message)
-        metrics = [_single(m.content.metric_records, "MetricRecord", m.metadata.src_node_id) for m in valid]
+        # Replies arrive in completion order; sorting by partition id makes the float sums,
+        # and so the global model, independent of timing (resume relies on this).
+        pairs = [(_single(m.content.metric_records, "MetricRecord", m.metadata.src_node_id), m) for m in valid]
+        pairs.sort(key=lambda pair: int(pair[0].get("partition-id", -1)))
+        metrics, valid = [p[0] for p in pairs], [p[1] for p in pairs]
         losses = [float(m["train-loss"]) for m in metrics]
         counts = [int(m["num-examples"]) for m in metrics]
         weights = client_weights(losses, counts, self.alpha)
