@@ -130,6 +130,7 @@ def finetune(
     opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(t.milestones), gamma=0.1)
     torch.manual_seed(seed)
+    losses = []
     for epoch in tqdm(range(int(t.epochs)), desc="fine-tune", disable=not cfg.runtime.progress):
         model.train()
         if t.linear_probe:
@@ -151,7 +152,8 @@ def finetune(
             opt.step()
             total, seen = total + loss.item() * len(batch["label"]), seen + len(batch["label"])
         sched.step()
-        log.info("fine-tune epoch %d: loss %.4f", epoch + 1, total / max(seen, 1))
+        losses.append(total / max(seen, 1))
+        log.info("fine-tune epoch %d: loss %.4f", epoch + 1, losses[-1])
     r = cfg.finetune.retrieval
     scale = cfg.input.crop_size / REFERENCE_CROP
     resize_hw = (round(r.resize_hw[0] * scale), round(r.resize_hw[1] * scale))
@@ -169,5 +171,6 @@ def finetune(
     return {
         **accuracies(logits, labels, num_classes),
         "epochs": int(t.epochs),
+        "train_loss": losses,
         "time_s": round(time.perf_counter() - start, 2),
     }
