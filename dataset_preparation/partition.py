@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import random
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from fedvssl.annotations import read_class_index, read_kinetics_csv, read_ucf101
+from fedvssl.annotations import VIDEO_EXTENSIONS, read_class_index, read_kinetics_csv, read_ucf101
 from fedvssl.checkpoint import write_json, write_text
 
 Item = tuple[str, int]  # (name, 1-based label)
@@ -97,6 +98,23 @@ def dirichlet(items: list[Item], num_clients: int, alpha: float, seed: int, min_
     raise ValueError(f"could not give every one of {num_clients} clients {min_size} videos with alpha={alpha}")
 
 
+def split(items: list[Item], scheme: str, num_clients: int, seed: int = 7, alpha: float = 0.5):
+    """Dispatch to a scheme; returns the clients and the parameters worth recording."""
+    if scheme == "iid":
+        return iid(items, num_clients, seed), {"seed": seed}
+    if scheme == "noniid":
+        return noniid(items, num_clients), {"seeds": [1234, 4321]}
+    if scheme == "dirichlet":
+        return dirichlet(items, num_clients, alpha, seed), {"seed": seed, "alpha": alpha}
+    raise ValueError(f"scheme={scheme!r}: expected iid, noniid or dirichlet")
+
+
+def item_name(name: str) -> str:
+    """Partition names carry no file extension (``Class/v_Class_g08_c01``, as CtP's annotations)."""
+    stem, ext = os.path.splitext(name)
+    return stem if ext.lower() in VIDEO_EXTENSIONS else name
+
+
 def write_partition(clients: list[list[Item]], classes: list[str], out: Path, meta: dict) -> Path:
     out = Path(out)
     for k, records in enumerate(clients, start=1):
@@ -139,7 +157,7 @@ def kinetics_items(csv: Path, videos: Path | None, class_index: Path | None) -> 
 def ucf101_items(root: Path, split: int = 1) -> tuple[list[Item], list[str]]:
     """UCF-101 train list in its official order, names without extension (as CtP's annotations)."""
     train, _, classes = read_ucf101(root, split)
-    return [(r.name.rsplit(".", 1)[0], r.label + 1) for r in train], classes
+    return [(item_name(r.name), r.label + 1) for r in train], classes
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -181,17 +199,10 @@ def run(a: argparse.Namespace) -> None:
             raise ValueError("--root is required with --source ucf101")
         items, classes = ucf101_items(a.root, a.split)
         source = str(a.root)
-    meta = {"scheme": a.scheme, "source": source, "sha256": checksum(items)}
-    if a.scheme == "iid":
-        clients = iid(items, a.num_clients, a.seed)
-        meta["seed"] = a.seed
-    elif a.scheme == "noniid":
-        clients = noniid(items, a.num_clients)
-        meta["seeds"] = [1234, 4321]
-    else:
-        clients = dirichlet(items, a.num_clients, a.alpha, a.seed)
-        meta.update(seed=a.seed, alpha=a.alpha)
-    write_partition(clients, classes, a.out, meta)
+    clients, params = split(items, a.scheme, a.num_clients, getattr(a, "seed", 7), getattr(a, "alpha", 0.5))
+    write_partition(
+        clients, classes, a.out, {"scheme": a.scheme, "source": source, "sha256": checksum(items), **params}
+    )
     print(f"wrote {len(clients)} clients to {a.out}: {min(map(len, clients))}-{max(map(len, clients))} videos each")
 
 

@@ -66,13 +66,14 @@ def evaluate_states(cfg: DictConfig, states: Mapping[str, State]) -> dict[str, d
     for name in cfg.finetune.datasets:
         train, test, classes = downstream_splits(cfg, name)
         entry: dict = {"queries": len(test), "gallery": len(train), "classes": len(classes)}
+        start = time.perf_counter()
+        backbones = {tag: build_backbone(state, int(cfg.seed)) for tag, state in states.items()}
+        device = str(device_of(cfg.runtime.device))
+        g, gl = extract_features(backbones, _loader(train, cfg), device, progress=cfg.runtime.progress)
+        q, ql = extract_features(backbones, _loader(test, cfg), device, progress=cfg.runtime.progress)
+        seconds = round((time.perf_counter() - start) / len(states), 2)
         for i, (tag, state) in enumerate(states.items()):
-            start = time.perf_counter()
-            backbone = build_backbone(state, int(cfg.seed))
-            device = str(device_of(cfg.runtime.device))
-            g, gl = extract_features(backbone, _loader(train, cfg), device, progress=cfg.runtime.progress)
-            q, ql = extract_features(backbone, _loader(test, cfg), device, progress=cfg.runtime.progress)
-            scores: dict = {"retrieval": recall_at_k(q, ql, g, gl, ks), "time_s": round(time.perf_counter() - start, 2)}
+            scores: dict = {"retrieval": recall_at_k(q[tag], ql, g[tag], gl, ks), "time_s": seconds}
             if cfg.finetune.training.enabled:
                 scores["finetune"] = finetune(cfg, train, test, len(classes), state)
             if i == 0:

@@ -65,21 +65,15 @@ def prepare_data(cfg: DictConfig) -> None:
     else:
         listed, classes = pretrain_list(cfg)
         good, bad = usable(cfg, listed, "pretraining", pretrain_root(cfg))
-        items = sorted((r.name.rsplit(".", 1)[0] if r.name.endswith(".avi") else r.name, r.label + 1) for r in good)
-        n = int(pcfg.num_clients)
+        items = sorted((P.item_name(r.name), r.label + 1) for r in good)
         try:
-            if pcfg.scheme == "iid":
-                clients = P.iid(items, n, int(pcfg.seed))
-            elif pcfg.scheme == "noniid":
-                clients = P.noniid(items, n)
-            elif pcfg.scheme == "dirichlet":
-                clients = P.dirichlet(items, n, float(pcfg.alpha), int(pcfg.seed))
-            else:
-                raise ValueError(f"scheme={pcfg.scheme!r}: expected iid, noniid, dirichlet or published")
+            clients, params = P.split(
+                items, pcfg.scheme, int(pcfg.num_clients), int(pcfg.get("seed", 7)), float(pcfg.get("alpha", 0.5))
+            )
         except ValueError as e:
             raise DataError(f"partition: {e} ({pretrain_root(cfg)}: {len(items)} usable videos)") from None
-        meta = {"scheme": pcfg.scheme, **{k: v for k, v in pcfg.items() if k in ("seed", "alpha")}}
-        P.write_partition(clients, [c.replace(" ", "_") for c in classes], out, {**meta, "sha256": P.checksum(items)})
+        meta = {"scheme": pcfg.scheme, **params, "sha256": P.checksum(items)}
+        P.write_partition(clients, [c.replace(" ", "_") for c in classes], out, meta)
     write_json(Path(cfg.run.dir) / "unusable_videos.json", sorted(p.path for p in bad if p.path))
 
 

@@ -9,7 +9,7 @@ with at least one same-class video among their top k.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -21,22 +21,29 @@ RETRIEVAL_POOL = (2, 3, 3)
 
 @torch.inference_mode()
 def extract_features(
-    backbone: nn.Module, loader: DataLoader, device: str = "cpu", progress: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Video descriptors [N, 9216] and labels [N], batched, in eval mode."""
-    backbone.eval().to(device)
+    backbones: Mapping[str, nn.Module], loader: DataLoader, device: str = "cpu", progress: bool = False
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Video descriptors [N, 9216] per named backbone, and labels [N], batched, in eval mode.
+
+    Every backbone sees the same decoded batch, so the clips are decoded once however
+    many backbones (pretrained, random init) are compared.
+    """
+    for backbone in backbones.values():
+        backbone.eval().to(device)
     pool = nn.AdaptiveAvgPool3d(RETRIEVAL_POOL)
-    feats, labels = [], []
+    feats: dict[str, list[torch.Tensor]] = {tag: [] for tag in backbones}
+    labels = []
     for batch in tqdm(loader, desc="features", disable=not progress, leave=False):
         keep = torch.as_tensor(batch["bad"]) < 0  # undecodable videos are left out
         views = batch["imgs"][keep]
         if len(views) == 0:
             continue
         b, c = views.shape[:2]
-        f = pool(backbone(views.flatten(0, 1).to(device))).flatten(1)
-        feats.append(f.view(b, c, -1).mean(1).float().cpu())
+        clips = views.flatten(0, 1).to(device)
+        for tag, backbone in backbones.items():
+            feats[tag].append(pool(backbone(clips)).flatten(1).view(b, c, -1).mean(1).float().cpu())
         labels.append(torch.as_tensor(batch["label"])[keep])
-    return torch.cat(feats), torch.cat(labels)
+    return {tag: torch.cat(f) for tag, f in feats.items()}, torch.cat(labels)
 
 
 def recall_at_k(
