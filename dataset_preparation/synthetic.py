@@ -22,16 +22,24 @@ from pathlib import Path
 
 import numpy as np
 
+# Every class moves "forward" in a way whose time reversal never occurs in this world
+# (nothing slides left, rises, turns counter-clockwise or shrinks), so the world has an
+# arrow of time, as real footage does: a clip played backwards is recognisable, and a
+# pretext task that predicts playback direction must learn the direction of motion,
+# the very thing that tells the classes apart. No horizontal flip belongs in a pretext
+# task here: a flipped clip would move leftwards, which only happens backwards in time.
 MOTIONS: tuple[str, ...] = (
     "slide_right",
-    "slide_left",
-    "rise",
     "fall",
+    "dive_right",
+    "climb_right",
+    "zigzag_right",
     "orbit_cw",
-    "orbit_ccw",
+    "spin_cw",
     "grow",
-    "shrink",
 )
+# Direction of travel of the straight-line motions, in degrees (image y points down).
+_HEADINGS = {"slide_right": 0.0, "fall": 90.0, "dive_right": 45.0, "climb_right": -45.0, "zigzag_right": 0.0}
 MARKER = "synthetic.json"
 _YT_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
 
@@ -45,6 +53,7 @@ class WorldSpec:
     height: int = 96
     width: int = 128
     fps: int = 25
+    objects: int = 3  # objects per video, all moving in the class's pattern
     kinetics_per_class: int = 8
     ucf_groups: int = 5
     ucf_clips_per_group: int = 2
@@ -80,63 +89,76 @@ def _grating_texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 
 def _trajectory(motion: str, rng: np.random.Generator, spec: WorldSpec) -> tuple[np.ndarray, ...]:
-    """Centre x, centre y and radius per frame for one motion pattern."""
-    t = np.linspace(0.0, 1.0, spec.num_frames, dtype=np.float32)
+    """Centre x, centre y, radius and rotation angle (radians) per frame for one motion.
+
+    Motions are fast (several pixels per frame), so that a few frames apart they
+    differ clearly; straight-line motions leave the frame on one side and come back
+    on the other.
+    """
+    f = np.arange(spec.num_frames, dtype=np.float32)
     h, w = spec.height, spec.width
     unit = min(h, w) / 96.0  # sizes are designed for 96-pixel-high frames and scale with them
     r0 = rng.uniform(9, 15) * unit
-    r = np.full_like(t, r0)
-    if motion in ("slide_right", "slide_left", "rise", "fall"):
-        horizontal = motion.startswith("slide")
-        extent = (w if horizontal else h) - 2 * r0 - 4
-        travel = rng.uniform(0.55, 0.85) * extent
-        start = rng.uniform(r0 + 2, r0 + 2 + extent - travel)
-        along = start + travel * t
-        if motion in ("slide_left", "rise"):
-            along = along[::-1].copy()
-        across_extent = (h if horizontal else w) - 2 * r0 - 4
-        across = np.full_like(t, rng.uniform(r0 + 2, r0 + 2 + across_extent))
-        cx, cy = (along, across) if horizontal else (across, along)
-    elif motion in ("orbit_cw", "orbit_ccw"):
+    r = np.full_like(f, r0)
+    angle = np.zeros_like(f)
+    cx0, cy0 = rng.uniform(0, w), rng.uniform(0, h)
+    if motion in _HEADINGS:
+        heading = np.deg2rad(_HEADINGS[motion])
+        speed = rng.uniform(2.0, 3.5) * unit  # pixels per frame
+        cx, cy = cx0 + np.cos(heading) * speed * f, cy0 + np.sin(heading) * speed * f
+        if motion == "zigzag_right":
+            period = rng.uniform(12, 20)
+            cy = cy + rng.uniform(10, 16) * unit * np.sin(2 * np.pi * f / period + rng.uniform(0, 2 * np.pi))
+    elif motion == "orbit_cw":
         radius = rng.uniform(0.15, 0.22) * min(h, w)
-        turns = rng.uniform(0.7, 1.0) * (1 if motion == "orbit_ccw" else -1)
-        phase = rng.uniform(0, 2 * np.pi)
-        cx0 = rng.uniform(radius + r0 + 2, w - radius - r0 - 2)
-        cy0 = rng.uniform(radius + r0 + 2, h - radius - r0 - 2)
-        angle = phase + 2 * np.pi * turns * t
-        cx, cy = cx0 + radius * np.cos(angle), cy0 - radius * np.sin(angle)
-    else:  # grow / shrink
-        r_small, r_large = rng.uniform(5, 8) * unit, rng.uniform(22, 28) * unit
-        r = r_small + (r_large - r_small) * t
-        if motion == "shrink":
-            r = r[::-1].copy()
-        cx = np.full_like(t, rng.uniform(r_large, w - r_large))
-        cy = np.full_like(t, rng.uniform(r_large, h - r_large))
-    return cx.astype(np.float32), cy.astype(np.float32), r.astype(np.float32)
+        # Clockwise on screen: y points down, so the angle grows while x = cos and y = sin.
+        turn = rng.uniform(0, 2 * np.pi) + 2 * np.pi * f / rng.uniform(20, 32)
+        cx, cy = cx0 + radius * np.cos(turn), cy0 + radius * np.sin(turn)
+    elif motion == "spin_cw":
+        r = np.full_like(f, rng.uniform(14, 20) * unit)
+        cx, cy = np.full_like(f, cx0), np.full_like(f, cy0)
+        angle = rng.uniform(0, 2 * np.pi) + 2 * np.pi * f / rng.uniform(24, 40)
+    elif motion == "grow":
+        # Grows from small to large, then starts small again: a sawtooth of sizes.
+        r_small, r_large = rng.uniform(4, 7) * unit, rng.uniform(24, 30) * unit
+        period = rng.uniform(20, 28)
+        r = r_small + (r_large - r_small) * (((f + rng.uniform(0, period)) / period) % 1.0)
+        cx, cy = np.full_like(f, cx0), np.full_like(f, cy0)
+    else:
+        raise ValueError(f"unknown motion pattern {motion!r}; expected one of {MOTIONS}")
+    return tuple(np.asarray(v, np.float32) for v in (cx, cy, r, angle))
 
 
 def render_video(motion: str, rng: np.random.Generator, spec: WorldSpec) -> np.ndarray:
     """Render one clip as uint8 (T, H, W, 3) RGB, vectorised over all frames."""
     if motion not in MOTIONS:
         raise ValueError(f"unknown motion pattern {motion!r}; expected one of {MOTIONS}")
-    background = _grating_texture(rng, spec.height, spec.width)
-    texture = _grating_texture(rng, 64, 64)
-    if spec.class_colours:
-        hue = MOTIONS.index(motion) / len(MOTIONS) * 2 * np.pi
-        colour = 127 + 120 * np.cos(hue + np.array([0.0, 2.1, 4.2]))
-        texture = (0.2 * texture + 0.8 * colour).astype(np.uint8)
-    square = bool(rng.integers(0, 2))
-    cx, cy, r = _trajectory(motion, rng, spec)
-    yy, xx = np.mgrid[0 : spec.height, 0 : spec.width].astype(np.float32)
-    dx = xx[None] - cx[:, None, None]
-    dy = yy[None] - cy[:, None, None]
-    rr = r[:, None, None]
-    inside = np.maximum(abs(dx), abs(dy)) <= rr if square else dx**2 + dy**2 <= rr**2
-    # The texture is attached to the object: it moves and scales with it.
-    scale = 16.0 / rr
-    tx = np.floor(dx * scale).astype(np.int64) % texture.shape[1]
-    ty = np.floor(dy * scale).astype(np.int64) % texture.shape[0]
-    frames = np.where(inside[..., None], texture[ty, tx], background[None])
+    h, w = spec.height, spec.width
+    frames = np.broadcast_to(_grating_texture(rng, h, w), (spec.num_frames, h, w, 3))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    # Several objects share the class's motion pattern, each with its own draws, so the
+    # motion covers a good part of the frame rather than one small spot.
+    for _ in range(spec.objects):
+        texture = _grating_texture(rng, 64, 64)
+        if spec.class_colours:
+            hue = MOTIONS.index(motion) / len(MOTIONS) * 2 * np.pi
+            colour = 127 + 120 * np.cos(hue + np.array([0.0, 2.1, 4.2]))
+            texture = (0.2 * texture + 0.8 * colour).astype(np.uint8)
+        square = bool(rng.integers(0, 2))
+        cx, cy, r, angle = _trajectory(motion, rng, spec)
+        # The frame wraps around (a torus), so objects leaving one side re-enter the other.
+        ox = (xx[None] - cx[:, None, None] + w / 2) % w - w / 2
+        oy = (yy[None] - cy[:, None, None] + h / 2) % h - h / 2
+        # Object coordinates: the offset from the centre, turned back by the object's rotation.
+        cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
+        dx, dy = cos * ox + sin * oy, -sin * ox + cos * oy
+        rr = r[:, None, None]
+        inside = np.maximum(abs(dx), abs(dy)) <= rr if square else dx**2 + dy**2 <= rr**2
+        # The texture is attached to the object: it moves and scales with it.
+        scale = 16.0 / rr
+        tx = np.floor(dx * scale).astype(np.int64) % texture.shape[1]
+        ty = np.floor(dy * scale).astype(np.int64) % texture.shape[0]
+        frames = np.where(inside[..., None], texture[ty, tx], frames)
     flicker = rng.normal(0, 3, size=(spec.num_frames, 1, 1, 1))
     return np.clip(frames + flicker, 0, 255).astype(np.uint8)
 

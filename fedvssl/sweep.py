@@ -4,6 +4,9 @@
   ``summary.md``, ``summary.csv`` and ``summary.png`` into the multirun folder when
   the sweep ends.
 - ``python -m fedvssl.sweep summary <multirun dir>``: the same, for any folder.
+- Both pool jobs that differ only in ``seed=`` (``seeds.csv`` and a second table in
+  ``summary.md``): mean ± std of R@1/5/10 (and fine-tuning top-1) for the pretrained backbone and for its
+  random-init control, and the paired gain.
 - ``python -m fedvssl.sweep paper <run or multirun dir>``: our R@1 and top-1 beside
   the published FedVSSL numbers of the same (alpha, beta) variant.
 """
@@ -21,6 +24,8 @@ import yaml
 from hydra.experimental.callback import Callback
 
 METRICS = ("R@1", "R@5", "R@10", "R@20", "R@50")
+SEED_METRICS = ("R@1", "R@5", "R@10", "top1")
+CONTROL = "random_init"  # the seeded random-init backbone every main job also evaluates
 
 
 def job_rows(folder: Path) -> pd.DataFrame:
@@ -36,16 +41,23 @@ def job_rows(folder: Path) -> pd.DataFrame:
         }
         config = job / "fedvssl.yaml"
         if config.is_file():
-            strategy = yaml.safe_load(config.read_text()).get("strategy", {})
+            cfg = yaml.safe_load(config.read_text())
+            strategy = cfg.get("strategy", {})
             row.update(alpha=strategy.get("alpha"), beta=strategy.get("beta"), share=strategy.get("share"))
+            row.update(seed=cfg.get("seed"), clients=cfg.get("partition", {}).get("num_clients"))
         for name, entry in results.items():
             if not isinstance(entry, dict) or "retrieval" not in entry:
                 continue
             for metric in METRICS:
                 row[f"{name} {metric}"] = entry["retrieval"].get(metric)
+            for metric in METRICS:
+                if CONTROL in entry:
+                    row[f"{name} {CONTROL} {metric}"] = entry[CONTROL]["retrieval"].get(metric)
             if "finetune" in entry:
                 row[f"{name} top1"] = entry["finetune"]["top1"]
                 row[f"{name} top5"] = entry["finetune"]["top5"]
+            if "finetune" in entry.get(CONTROL, {}):
+                row[f"{name} {CONTROL} top1"] = entry[CONTROL]["finetune"]["top1"]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -63,14 +75,54 @@ def markdown(frame: pd.DataFrame) -> str:
     )
 
 
-def write_summary(folder: Path) -> pd.DataFrame:
+def _without_seed(overrides: str) -> str:
+    return " ".join(o for o in overrides.split() if not o.startswith("seed=")) or "(defaults)"
+
+
+def over_seeds(frame: pd.DataFrame) -> pd.DataFrame:
+    """Jobs that differ only in ``seed=``, pooled: mean ± std of pretrained, random init and gain.
+
+    The gain is taken job by job (pretrained minus the same job's random init) before
+    averaging, so it is paired; ``min gain`` is the worst single seed.
+    """
+    rows = []
+    keys = frame["overrides"].map(_without_seed)
+    for setting, jobs in frame.groupby(keys, sort=False):
+        for column in jobs.columns:
+            dataset, _, metric = column.partition(" ")
+            if metric not in SEED_METRICS or f"{dataset} {CONTROL} {metric}" not in jobs:
+                continue
+            ours, control = jobs[column].astype(float), jobs[f"{dataset} {CONTROL} {metric}"].astype(float)
+            gain = ours - control
+            rows.append(
+                {
+                    "setting": setting,
+                    "seeds": len(jobs),
+                    "dataset": dataset,
+                    "metric": metric,
+                    "pretrained": f"{ours.mean():.2f} ± {ours.std(ddof=1) if len(jobs) > 1 else 0:.2f}",
+                    "random init": f"{control.mean():.2f} ± {control.std(ddof=1) if len(jobs) > 1 else 0:.2f}",
+                    "gain": f"{gain.mean():+.2f} ± {gain.std(ddof=1) if len(jobs) > 1 else 0:.2f}",
+                    "min gain": round(float(gain.min()), 2),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def write_summary(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``summary.md``/``.csv``/``.png`` (one row per job) and ``seeds.csv`` (pooled over seeds)."""
     frame = job_rows(folder)
     if frame.empty:
         raise SystemExit(f"{folder}: no results.json below this folder")
+    pooled = over_seeds(frame)
     frame.to_csv(folder / "summary.csv", index=False)
-    (folder / "summary.md").write_text(f"# Sweep summary ({folder})\n\n{markdown(frame)}\n")
+    pooled.to_csv(folder / "seeds.csv", index=False)
+    text = f"# Sweep summary ({folder})\n\n{markdown(frame)}\n"
+    if not pooled.empty:
+        text += f"\n## Over seeds: pretrained against random init\n\n{markdown(pooled)}\n"
+    (folder / "summary.md").write_text(text)
     plot(frame, folder / "summary.png")
-    return frame
+    return frame, pooled
 
 
 def plot(frame: pd.DataFrame, path: Path) -> None:
@@ -79,7 +131,7 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = [c for c in frame.columns if c.endswith(" R@1") or c.endswith(" top1")]
+    columns = [c for c in frame.columns if c.endswith((" R@1", " top1"))]
     ax = frame.set_index("job")[columns].plot.bar(figsize=(max(5, 1.2 * len(frame)), 3.5), rot=0)
     ax.set(ylabel="%", title="Downstream results per job")
     ax.figure.tight_layout()
@@ -93,7 +145,9 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config, **kwargs: Any) -> None:
         folder = Path(config.hydra.sweep.dir)
         if any(folder.rglob("results.json")):
-            write_summary(folder)
+            _, pooled = write_summary(folder)
+            if not pooled.empty:
+                print(f"\nOver seeds ({folder / 'summary.md'}):\n\n{markdown(pooled)}")
 
 
 def paper_table(folder: Path) -> str:
@@ -130,8 +184,10 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("paper", help="our numbers beside the paper's").add_argument("folder", type=Path)
     a = p.parse_args(argv)
     if a.command == "summary":
-        frame = write_summary(a.folder)
+        frame, pooled = write_summary(a.folder)
         print(markdown(frame))
+        if not pooled.empty:
+            print(f"\nOver seeds:\n\n{markdown(pooled)}")
     else:
         print(paper_table(a.folder))
 

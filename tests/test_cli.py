@@ -95,6 +95,14 @@ def test_multirun_sweep(tmp_path, flower_env, world):
     np.testing.assert_allclose(h1["weights"], soft / soft.sum())
     for j in (0, 1):
         assert set(json.loads((sweep / str(j) / "results.json").read_text())) == {"ucf101", "run"}
+    # Each job's paired gain over its own random-init control, printed when the sweep ends.
+    pooled = pd.read_csv(sweep / "seeds.csv")
+    for j, alpha in ((0, 0), (1, 1)):
+        ucf = json.loads((sweep / str(j) / "results.json").read_text())["ucf101"]
+        gain = ucf["retrieval"]["R@1"] - ucf["random_init"]["retrieval"]["R@1"]
+        row = pooled[(pooled.setting.str.contains(f"strategy.alpha={alpha}")) & (pooled.metric == "R@1")].iloc[0]
+        assert row["min gain"] == pytest.approx(gain, abs=0.01) and row["seeds"] == 1
+    assert "Over seeds" in proc.stdout and "random init" in proc.stdout
 
 
 def test_broken_data_is_skipped_and_reported(tmp_path, flower_env, broken_world):

@@ -68,11 +68,11 @@ def test_layout_and_forward_backward(world, name):
 
 
 def test_optimiser_defaults_follow_the_paper():
-    for name, lr in (("ctp", 0.01), ("vcop", 0.001), ("speed", 0.01)):
+    for name, lr, momentum in (("ctp", 0.01, 0.0), ("vcop", 0.001, 0.0), ("speed", 0.01, 0.9)):
         m = method(name)
         opt = m.make_optimizer(m.build_model(0))
         group = opt.param_groups[0]
-        assert (group["lr"], group["momentum"], group["weight_decay"]) == (lr, 0.0, 1e-4)
+        assert (group["lr"], group["momentum"], group["weight_decay"]) == (lr, momentum, 1e-4)
         assert m.optimizer["grad_clip"] == 40
 
 
