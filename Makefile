@@ -8,7 +8,7 @@ ARGS ?=
 FLOWER_ENV := FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
 	FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0
 
-.PHONY: setup run test lint format
+.PHONY: setup run test test-fast lint format
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(FLOWER_ENV) FLWR_HOME=$$(mktemp -d) $(BIN)/python -m pytest $(ARGS)
+
+# Everything but the tests marked slow (Ray, subprocesses, training): under 2 minutes.
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(FLOWER_ENV) FLWR_HOME=$$(mktemp -d) $(BIN)/python -m pytest -m "not slow" $(ARGS)
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -1,14 +1,12 @@
 """Published FedVSSL checkpoints (three layouts), refusal of foreign pickles, conversion."""
 
-import io
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
-from flwr.common.typing import Parameters
+from helpers import ROOT, write_layout
 from torchvision.models.video import r3d_18
 
 from fedvssl.checkpoint import load_npz, save_npz
@@ -25,24 +23,6 @@ def ctp_arrays():
     backbone, head = R3D18(ctp_strides=True), CtPHead(16)
     arrays = [v.numpy() for v in backbone.state_dict().values()] + [v.numpy() for v in head.state_dict().values()]
     return [a.astype(np.float64) if a.dtype == np.int64 else a for a in arrays]
-
-
-def npy_bytes(a):
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
-
-
-def write_layout(path, arrays, layout):
-    if layout in ("a", "c"):
-        params = np.empty((), dtype=object)
-        params[()] = Parameters(tensors=[npy_bytes(a) for a in arrays], tensor_type="numpy.ndarray")
-        extra = [np.array({}, dtype=object)] if layout == "c" else []
-        np.savez(path, params, *extra)
-    else:
-        objs = np.empty(len(arrays), dtype=object)
-        objs[:] = arrays
-        np.savez(path, objs)
 
 
 @pytest.mark.parametrize("layout", ["a", "b", "c"])
@@ -84,6 +64,7 @@ def test_shape_mismatch_names_the_entry(tmp_path, ctp_arrays):
         load_backbone_state(tmp_path / "short.npz")
 
 
+@pytest.mark.slow
 def test_convert_round_trip_through_torchvision(tmp_path, ctp_arrays):
     src = tmp_path / "round-540.npz"
     write_layout(src, ctp_arrays, "a")

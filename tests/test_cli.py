@@ -7,10 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import run_main
-from test_ssl import TAILS
+from helpers import TAILS, run_main
 
 from fedvssl.checkpoint import load_npz
+
+pytestmark = pytest.mark.slow  # every test runs the main job in a subprocess, most of them on Ray
 
 TINY = ["input=tiny", "partition.num_clients=2", "finetune.retrieval.num_clips=2", "runtime.eval_workers=0"]
 
@@ -179,7 +180,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, flower_env,
     import sys
     import time
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     base = [*TINY, "num_rounds=2", "finetune=hmdb51", "finetune.retrieval.num_clips=1", f"dataset.root={world}"]
     full = tmp_path / "full"

@@ -10,9 +10,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from conftest import ROOT
+import pytest
+from helpers import ROOT
 
 from fedvssl.checkpoint import load_npz
+
+pytestmark = pytest.mark.slow  # real SuperLink and SuperNode processes
 
 BIN = Path(sys.executable).parent
 

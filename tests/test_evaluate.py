@@ -7,8 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_main, run_module
-from test_checkpoints import write_layout
+from helpers import ROOT, run_main, run_module, write_layout
 
 from fedvssl.checkpoint import save_npz
 from fedvssl.finetune import accuracies, video_logits
@@ -45,6 +44,7 @@ def test_test_logits_average_clips_and_drop_bad_videos():
     assert labels.tolist() == [0, 0]
 
 
+@pytest.mark.slow
 def test_standalone_on_saved_and_published_checkpoints(tmp_path, flower_env, world):
     torch.manual_seed(1)
     state = {f"backbone.{k}": v.numpy() for k, v in R3D18().state_dict().items()}
@@ -66,6 +66,7 @@ def test_standalone_on_saved_and_published_checkpoints(tmp_path, flower_env, wor
     assert control.returncode == 0 and "| ucf101 | random_init |" in control.stdout
 
 
+@pytest.mark.slow
 def test_fine_tuning_reports_top1_top5_mean_class(tmp_path, flower_env, world):
     args = [*TINY, "finetune.training.enabled=true", "finetune.training.epochs=1", "finetune.training.num_test_clips=2"]
     proc = run_evaluate([*args, f"dataset.root={world}", f"hydra.run.dir={tmp_path / 'ft'}"], flower_env)
@@ -75,6 +76,7 @@ def test_fine_tuning_reports_top1_top5_mean_class(tmp_path, flower_env, world):
     assert "# Fine-tuning (%)" in (tmp_path / "ft" / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_wrong_architecture_is_one_line(tmp_path, flower_env, world):
     save_npz(tmp_path / "bad.npz", {"backbone.stem.conv.weight": np.zeros((3, 3), np.float32)})
     proc = run_evaluate([*TINY, f"checkpoint={tmp_path / 'bad.npz'}", f"dataset.root={world}"], flower_env)
@@ -82,6 +84,7 @@ def test_wrong_architecture_is_one_line(tmp_path, flower_env, world):
     assert proc.returncode == 2 and "bad.npz: missing backbone entry backbone.stem.bn.weight" in line
 
 
+@pytest.mark.slow
 def test_empty_split_is_one_line(tmp_path, flower_env, world):
     import shutil
 
@@ -92,6 +95,7 @@ def test_empty_split_is_one_line(tmp_path, flower_env, world):
     assert proc.returncode == 2 and line.endswith("testlist01.txt: the split is empty")
 
 
+@pytest.mark.slow
 def test_sweep_summary_and_paper_table(tmp_path, flower_env, world):
     sweep = tmp_path / "multi"
     args = ["-m", *TINY, "partition.num_clients=2", "num_rounds=1", "strategy=fedvssl_a0_b0,fedvssl_a1_b1"]
@@ -115,6 +119,7 @@ def test_sweep_summary_and_paper_table(tmp_path, flower_env, world):
     assert f"{ours:.2f}" in row
 
 
+@pytest.mark.slow
 def test_fine_tuning_learns_above_chance(tmp_path):
     """A short fine-tuning run on generated UCF-layout data beats chance (1/8) clearly.
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from test_speed import make_speed
+from helpers import make_speed
 
 from fedvssl.annotations import DataError, index_videos, read_hmdb51, read_kinetics_csv, read_partition, read_ucf101
 from fedvssl.dataset import ClipsDataset, PretextDataset

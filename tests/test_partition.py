@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from dataset_preparation.partition import dirichlet, iid, noniid, noniid_windows, ucf101_items, write_partition
 
@@ -87,6 +87,7 @@ def test_written_files_follow_the_published_schema(tmp_path):
 
 
 @pytest.mark.parametrize("scheme", ["iid", "noniid", "dirichlet"])
+@pytest.mark.slow
 def test_commands(tmp_path, world, scheme):
     cmd = [sys.executable, "-m", "dataset_preparation.partition"]
     assert "--num-clients" in subprocess.run([*cmd, scheme, "--help"], cwd=ROOT, capture_output=True, text=True).stdout

@@ -3,25 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from helpers import make_speed
 
 from fedvssl.annotations import read_kinetics_csv
 from fedvssl.dataset import PretextDataset
-from fedvssl.ssl.speed import STRIDES, Speed
+from fedvssl.ssl.speed import STRIDES
 from fedvssl.training import train_epoch
-
-
-def make_speed(clip_len=4, crop=32, lr=0.01):
-    return Speed(
-        clip_len=clip_len,
-        crop_size=crop,
-        optimizer={"lr": lr, "momentum": 0.9, "weight_decay": 1e-4, "grad_clip": 40},
-        scales=[112, 128, 144],
-        flip_p=0.5,
-        brightness=(0.2, 32),
-        contrast=(0.2, 0.2),
-        hue_saturation=(0.2, 12, 0.1),
-        dropout=0.5,
-    )
 
 
 @pytest.mark.parametrize("label", range(len(STRIDES)))
@@ -59,6 +46,7 @@ def test_head_layout_and_init():
     assert all(torch.equal(sd[k], again[k]) for k in sd)
 
 
+@pytest.mark.slow
 def test_loss_falls_on_a_fixed_batch(world):
     """A short centralised run on real decoded clips: the loss falls and accuracy beats chance."""
     torch.manual_seed(0)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from helpers import ROOT, TAILS
 from hydra import compose, initialize_config_dir
 
 from fedvssl.annotations import read_kinetics_csv
@@ -16,23 +16,6 @@ from fedvssl.training import train_epoch
 
 # Tiny inputs per method: CtP's head needs 9-16 frames, the others run on 4.
 TINY = {"ctp": (16, 32), "vcop": (4, 32), "speed": (4, 32)}
-TAILS = {
-    "ctp": [
-        ("head.temporal_conv.weight", (512, 512, 2, 1, 1)),
-        ("head.temporal_conv.bias", (512,)),
-        ("head.fc1.weight", (512, 12800)),
-        ("head.fc1.bias", (512,)),
-        ("head.pred_head.weight", (64, 512)),
-        ("head.pred_head.bias", (64,)),
-    ],
-    "vcop": [
-        ("vcop_head.fc1.weight", (512, 1024)),
-        ("vcop_head.fc1.bias", (512,)),
-        ("vcop_head.fc2.weight", (6, 1536)),
-        ("vcop_head.fc2.bias", (6,)),
-    ],
-    "speed": [("cls_head.fc_cls.weight", (7, 512)), ("cls_head.fc_cls.bias", (7,))],
-}
 
 
 def method(name, *overrides):
@@ -77,6 +60,7 @@ def test_optimiser_defaults_follow_the_paper():
 
 
 @pytest.mark.parametrize(("name", "steps", "lr"), [("speed", 25, 0.05), ("vcop", 25, 0.05), ("ctp", 45, 0.05)])
+@pytest.mark.slow
 def test_learns_on_a_fixed_batch(world, name, steps, lr):
     """A short centralised run on real decoded clips: loss falls, the pretext score beats chance.
 

@@ -1,0 +1,90 @@
+"""Helpers shared by the test modules (fixtures live in ``conftest.py``)."""
+
+import io
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from flwr.common.typing import Parameters
+
+from fedvssl.main import FLOWER_ENV
+from fedvssl.ssl.speed import Speed
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The state_dict entries after the 120 backbone entries, per pretext method.
+TAILS = {
+    "ctp": [
+        ("head.temporal_conv.weight", (512, 512, 2, 1, 1)),
+        ("head.temporal_conv.bias", (512,)),
+        ("head.fc1.weight", (512, 12800)),
+        ("head.fc1.bias", (512,)),
+        ("head.pred_head.weight", (64, 512)),
+        ("head.pred_head.bias", (64,)),
+    ],
+    "vcop": [
+        ("vcop_head.fc1.weight", (512, 1024)),
+        ("vcop_head.fc1.bias", (512,)),
+        ("vcop_head.fc2.weight", (6, 1536)),
+        ("vcop_head.fc2.bias", (6,)),
+    ],
+    "speed": [("cls_head.fc_cls.weight", (7, 512)), ("cls_head.fc_cls.bias", (7,))],
+}
+
+
+def run_main(args: list[str], env: dict[str, str], timeout: float = 600):
+    return run_module("fedvssl.main", args, env, timeout)
+
+
+def run_module(module: str, args: list[str], env: dict[str, str], timeout: float = 600):
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def flower_env_for(tmp_path: Path) -> dict[str, str]:
+    """Environment for a subprocess that runs Flower: private FLWR_HOME, no telemetry."""
+    env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(tmp_path / "flwr"), "PYTHONUNBUFFERED": "1"}
+    env["FEDVSSL_CACHE_DIR"] = str(tmp_path / "cache")
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def npy_bytes(a):
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_layout(path, arrays, layout):
+    if layout in ("a", "c"):
+        params = np.empty((), dtype=object)
+        params[()] = Parameters(tensors=[npy_bytes(a) for a in arrays], tensor_type="numpy.ndarray")
+        extra = [np.array({}, dtype=object)] if layout == "c" else []
+        np.savez(path, params, *extra)
+    else:
+        objs = np.empty(len(arrays), dtype=object)
+        objs[:] = arrays
+        np.savez(path, objs)
+
+
+def make_speed(clip_len=4, crop=32, lr=0.01):
+    return Speed(
+        clip_len=clip_len,
+        crop_size=crop,
+        optimizer={"lr": lr, "momentum": 0.9, "weight_decay": 1e-4, "grad_clip": 40},
+        scales=[112, 128, 144],
+        flip_p=0.5,
+        brightness=(0.2, 32),
+        contrast=(0.2, 0.2),
+        hue_saturation=(0.2, 12, 0.1),
+        dropout=0.5,
+    )
