@@ -43,14 +43,15 @@ def prepare_data(cfg: DictConfig) -> None:
     from dataset_preparation import partition as P
     from dataset_preparation.synthetic import WorldSpec, ensure
     from fedvssl.checkpoint import write_json
-    from fedvssl.sources import downstream_splits, pretrain_list, pretrain_root, usable
+    from fedvssl.sources import pretrain_list, pretrain_root, screen_downstream, skipped, usable
 
     if cfg.dataset.get("generate", False):
         start = time.perf_counter()
         if ensure(cfg.dataset.root, WorldSpec(**cfg.dataset.get("spec", {}))):
             log.info("generated the synthetic dataset in %s (%.1f s)", cfg.dataset.root, time.perf_counter() - start)
+    unusable = []
     for name in cfg.finetune.datasets:
-        downstream_splits(cfg, name)
+        unusable += screen_downstream(cfg, name)[3]
 
     pcfg = cfg.partition
     out = Path(pcfg.dir)
@@ -62,9 +63,11 @@ def prepare_data(cfg: DictConfig) -> None:
             records += read_partition(out / f"client_dist{k}.json", Path(cfg.dataset.pretrain.videos), classes)
         unique = list({r.name: r for r in records}.values())
         _, bad = usable(cfg, unique, "pretraining", pretrain_root(cfg))
+        unusable += skipped("pretraining", "train", bad)
     else:
         listed, classes = pretrain_list(cfg)
         good, bad = usable(cfg, listed, "pretraining", pretrain_root(cfg))
+        unusable += skipped("pretraining", "train", bad)
         items = sorted((P.item_name(r.name), r.label + 1) for r in good)
         try:
             clients, params = P.split(
@@ -74,7 +77,7 @@ def prepare_data(cfg: DictConfig) -> None:
             raise DataError(f"partition: {e} ({pretrain_root(cfg)}: {len(items)} usable videos)") from None
         meta = {"scheme": pcfg.scheme, **params, "sha256": P.checksum(items)}
         P.write_partition(clients, [c.replace(" ", "_") for c in classes], out, meta)
-    write_json(Path(cfg.run.dir) / "unusable_videos.json", sorted(p.path for p in bad if p.path))
+    write_json(Path(cfg.run.dir) / "unusable_videos.json", unusable)
 
 
 def simulate(cfg: DictConfig) -> None:

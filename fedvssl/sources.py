@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -47,10 +48,29 @@ def pretrain_root(cfg: DictConfig) -> str:
     return str(p.videos if p.format == "kinetics_csv" else p.root)
 
 
-def downstream_splits(cfg: DictConfig, name: str) -> tuple[list[VideoRecord], list[VideoRecord], list[str]]:
-    """Screened (train, test) lists of a downstream dataset, and its class names."""
+def screen_downstream(
+    cfg: DictConfig, name: str
+) -> tuple[list[VideoRecord], list[VideoRecord], list[str], list[dict[str, str]]]:
+    """Screened (train, test) lists of a downstream dataset, its class names, and what was skipped."""
     ds = cfg.dataset[name]
     train, test, classes = DOWNSTREAM_READERS[name](Path(ds.root), int(ds.split))
-    train, _ = usable(cfg, train, f"{name} train", ds.root)
-    test, _ = usable(cfg, test, f"{name} test", ds.root)
-    return train, test, classes
+    train, bad_train = usable(cfg, train, f"{name} train", ds.root)
+    test, bad_test = usable(cfg, test, f"{name} test", ds.root)
+    return train, test, classes, skipped(name, "train", bad_train) + skipped(name, "test", bad_test)
+
+
+def downstream_splits(cfg: DictConfig, name: str) -> tuple[list[VideoRecord], list[VideoRecord], list[str]]:
+    """Screened (train, test) lists of a downstream dataset, and its class names."""
+    return screen_downstream(cfg, name)[:3]
+
+
+def skipped(dataset: str, split: str, problems: list[Problem]) -> list[dict[str, str]]:
+    """Entries of the run's ``unusable_videos.json``: every skipped video, where it was listed, and why."""
+    return [{"dataset": dataset, "split": split, "name": p.name, "path": p.path, "reason": p.reason} for p in problems]
+
+
+def drop_unusable(records: list[VideoRecord], unusable_file: Path) -> list[VideoRecord]:
+    """The records whose file exists and is not listed as unusable in ``unusable_file`` (if present)."""
+    listed = json.loads(unusable_file.read_text()) if unusable_file.is_file() else []
+    bad = {entry["path"] for entry in listed if entry.get("path")}
+    return [r for r in records if r.path and r.path not in bad]

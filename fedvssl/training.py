@@ -6,7 +6,6 @@ Flower appears only in ``client_app.py``, which wraps :func:`local_train`.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -18,10 +17,11 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from fedvssl.annotations import read_partition
+from fedvssl.annotations import DataError, read_partition
 from fedvssl.checkpoint import load_tensors, save_tensors
 from fedvssl.dataset import PretextDataset
 from fedvssl.model import BACKBONE_PREFIX
+from fedvssl.sources import drop_unusable
 from fedvssl.ssl.base import PretextModel, SSLMethod
 
 log = logging.getLogger(__name__)
@@ -89,13 +89,6 @@ def inject_fault(cfg: DictConfig, partition_id: int, server_round: int) -> None:
         raise RuntimeError(
             f"injected failure of client {partition_id} in round {server_round} (fault.client_failure_rate={rate})"
         )
-
-
-def drop_unusable(records: list, cfg: DictConfig) -> list:
-    """Drop the videos the run's screening found unusable (``<run dir>/unusable_videos.json``)."""
-    listed = Path(cfg.run.dir) / "unusable_videos.json"
-    bad = set(json.loads(listed.read_text())) if listed.is_file() else set()
-    return [r for r in records if r.path and r.path not in bad]
 
 
 def device_of(name: str) -> torch.device:
@@ -168,9 +161,16 @@ def local_train(
     load_shared(model, global_arrays, keys)
     model.to(device)
 
-    records = read_partition(
-        Path(cfg.partition.dir) / f"client_dist{partition_id + 1}.json", Path(cfg.dataset.pretrain.videos)
-    )
+    partition_file = Path(cfg.partition.dir) / f"client_dist{partition_id + 1}.json"
+    listed = read_partition(partition_file, Path(cfg.dataset.pretrain.videos))
+    # Missing and unusable videos (screened by the main job) are not trained on, so
+    # n_k counts the videos this client really has.
+    records = drop_unusable(listed, Path(cfg.run.dir) / "unusable_videos.json")
+    if not records:
+        raise DataError(
+            f"client {partition_id}: none of the {len(listed)} videos in {partition_file} is usable "
+            f"(first: {listed[0].name}); see unusable_videos.json"
+        )
     dataset = PretextDataset(records, method, cfg.runtime.decode_backend, seed=(cfg.seed, server_round, partition_id))
     workers = int(cfg.runtime.num_workers)
     loader = DataLoader(

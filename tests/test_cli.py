@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -112,11 +113,40 @@ def test_broken_data_is_skipped_and_reported(tmp_path, flower_env, broken_world)
     proc = run_main([*args, f"hydra.run.dir={run}"], flower_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     unusable = json.loads((run / "unusable_videos.json").read_text())
-    assert len(unusable) == 4 and all(str(broken_world) in p for p in unusable)  # + 1 missing file
+    pretraining = [u for u in unusable if u["dataset"] == "pretraining"]
+    assert sorted(u["reason"] for u in pretraining) == ["empty", "missing", "too short", "undecodable", "undecodable"]
+    assert all(str(broken_world) in u["path"] for u in pretraining if u["reason"] != "missing")
     log = (run / "main.log").read_text()
     assert "skipping 5 of 64 pretraining videos" in log
+    # Every skip the log reports is in the file, with its dataset and split.
+    for count, what in re.findall(r"skipping (\d+) of \d+ (\w+(?: \w+)?) videos", log):
+        dataset, _, split = what.partition(" ")
+        listed = [u for u in unusable if u["dataset"] == dataset and u["split"] == (split or "train")]
+        assert len(listed) == int(count), what
+    assert any(u["dataset"] == "hmdb51" for u in unusable)
     history = json.loads((run / "history.json").read_text())
     assert sum(history[0]["num_examples"]) == 59
+
+
+def test_published_partition_trains_only_on_usable_videos(tmp_path, flower_env, world):
+    """A listed video that is missing is not trained on, and n_k counts only real videos."""
+    from dataset_preparation import partition as P
+    from fedvssl.annotations import read_kinetics_csv
+
+    records, classes = read_kinetics_csv(world / "kinetics400/annotations/train.csv", world / "kinetics400")
+    items = sorted((P.item_name(r.name), r.label + 1) for r in records)
+    clients = P.split(items, "iid", 2, 7)[0]
+    clients[0].append((f"{classes[0].replace(' ', '_')}/notdownloaded_000001_000011", 1))
+    P.write_partition(clients, [c.replace(" ", "_") for c in classes], tmp_path / "parts", {})
+    run = tmp_path / "run"
+    args = [*TINY, "num_rounds=1", "finetune=ucf101", "partition=published", f"partition.dir={tmp_path / 'parts'}"]
+    proc = run_main([*args, "partition.num_clients=2", f"dataset.root={world}", f"hydra.run.dir={run}"], flower_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = json.loads((run / "history.json").read_text())[0]
+    by_client = dict(zip(history["partition_ids"], history["num_examples"], strict=True))
+    assert by_client == {0: len(clients[0]) - 1, 1: len(clients[1])}
+    [missing] = [u for u in json.loads((run / "unusable_videos.json").read_text()) if u["dataset"] == "pretraining"]
+    assert missing["reason"] == "missing" and missing["name"].endswith("notdownloaded_000001_000011")
 
 
 def test_too_much_broken_data_stops_before_training(tmp_path, flower_env, broken_world):
