@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from fedvssl.annotations import read_kinetics_csv
 from fedvssl.config import build_method
 from fedvssl.dataset import PretextDataset
-from fedvssl.ssl.ctp import PatchTrajectories, box_deltas, box_iou, decode_deltas, paste_patches
+from fedvssl.ssl.ctp import PatchTrajectories, box_deltas, box_iou, decode_deltas, paste_patches, walk
 from fedvssl.ssl.motion import interpolate, sample_key_frames
 from fedvssl.ssl.vcop import PERMUTATIONS
 from fedvssl.training import train_epoch
@@ -121,6 +121,13 @@ def test_trajectories_stay_inside_follow_speed_limits_and_repeat():
     assert not np.array_equal(
         traj(16, 112, 112, np.random.default_rng(7)), traj(16, 112, 112, np.random.default_rng(8))
     )
+
+
+def test_key_frame_positions_are_clipped_at_every_key_frame():
+    """Pushed 20 px past the left edge, then 15 px right: back from the edge (the reference), not from -10."""
+    low, high = np.array([5.0, 5.0]), np.array([100.0, 100.0])
+    path = walk(np.array([[10.0, 50.0]]), np.array([[[-20.0, 0.0]], [[15.0, 0.0]], [[200.0, 70.0]]]), low, high)
+    np.testing.assert_array_equal(path[:, 0], [[10, 50], [5, 50], [20, 50], [100, 100]])
 
 
 def test_patches_are_pasted_where_the_boxes_are():

@@ -88,6 +88,18 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area - inter).clamp(min=1e-6)
 
 
+def walk(start: np.ndarray, shifts: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Positions at the key frames: each shift is applied, then clipped to [low, high].
+
+    As CtP's ``rectangle_movement``, the clip happens at every key frame, so a patch
+    pushed against an edge moves back from the edge, not from beyond it.
+    """
+    path = [start]
+    for shift in shifts:
+        path.append(np.clip(path[-1] + shift, low, high))
+    return np.stack(path)
+
+
 class PatchTrajectories:
     """Steps A-C of CtP's PatchMask: initial boxes, then location and size trajectories."""
 
@@ -114,10 +126,7 @@ class PatchTrajectories:
         keys = sample_key_frames(num_frames, self.key_frame_probs, rng)
         gaps = np.diff(keys)[:, None, None]
         shifts = rng.uniform(-1, 1, (len(gaps), self.num_patches, 2)) * self.loc_velocity * gaps
-        centres = (boxes[:, :2] + boxes[:, 2:]) / 2 + np.concatenate(
-            [np.zeros((1, self.num_patches, 2)), shifts.cumsum(0)]
-        )
-        centres = np.clip(centres, size0 / 2, np.array([w, h]) - size0 / 2)
+        centres = walk((boxes[:, :2] + boxes[:, 2:]) / 2, shifts, size0 / 2, np.array([w, h]) - size0 / 2)
         centres = interpolate(keys, centres, num_frames, rng)
         # Size: an independent key-frame set, cumulative log-scale changes.
         keys = sample_key_frames(num_frames, self.key_frame_probs, rng)
