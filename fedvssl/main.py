@@ -68,7 +68,10 @@ def prepare_data(cfg: DictConfig) -> None:
         listed, classes = pretrain_list(cfg)
         good, bad = usable(cfg, listed, "pretraining", pretrain_root(cfg))
         unusable += skipped("pretraining", "train", bad)
-        items = sorted((P.item_name(r.name), r.label + 1) for r in good)
+        items = [(P.item_name(r.name), r.label + 1) for r in good]
+        if cfg.dataset.pretrain.format == "kinetics_csv":
+            items.sort()  # as the partition command: the split does not depend on the CSV's row order
+        # UCF-101 keeps trainlist order, as the Flower baseline's split does.
         try:
             clients, params = P.split(
                 items, pcfg.scheme, int(pcfg.num_clients), int(pcfg.get("seed", 7)), float(pcfg.get("alpha", 0.5))

@@ -37,6 +37,23 @@ def test_ucf101_iid_is_the_flower_baseline_split(world):
     assert all(classes[lab - 1] == name.split("/")[0] for name, lab in items)
 
 
+def test_main_job_splits_ucf101_as_the_partition_command(tmp_path, world):
+    """The main job's iid split of UCF-101 is Flower's: trainlist order, then the seeded shuffle."""
+    from hydra import compose, initialize_config_dir
+
+    from fedvssl.main import prepare_data
+
+    overrides = ["dataset=ucf101", f"dataset.root={world}", "partition.num_clients=3", f"run.dir={tmp_path}"]
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, f"data.probe_cache={tmp_path / 'cache'}", "finetune=ucf101"])
+    prepare_data(cfg)
+    items, _ = ucf101_items(world / "ucf101")
+    assert items != sorted(items)  # the world's trainlist is not in name order, so the check can fail
+    for k, part in enumerate(iid(items, 3, seed=7), start=1):
+        written = json.loads((tmp_path / "partition" / f"client_dist{k}.json").read_text())
+        assert [(r["name"], r["label"]) for r in written] == [tuple(x) for x in part]
+
+
 def test_noniid_windows_of_the_paper():
     assert noniid_windows(400, 100)[0] == ([0, 1, 2, 3], [395, 396, 397, 398])
     assert noniid_windows(400, 100)[49] == ([49, 50, 51, 52], [346, 347, 348, 349])
