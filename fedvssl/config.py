@@ -27,8 +27,26 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _integer(value: object, key: str, minimum: int) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    _check(ok, f"{key}={value} must be an integer >= {minimum}")
+
+
+def missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Keys left at ``???``, found without resolving interpolations (which would fail on them)."""
+    found = []
+    for key in cfg:
+        if OmegaConf.is_missing(cfg, key):
+            found.append(f"{prefix}{key}")
+        elif not OmegaConf.is_interpolation(cfg, key) and isinstance(cfg[key], DictConfig):
+            found += missing_keys(cfg[key], f"{prefix}{key}.")
+    return found
+
+
 def validate(cfg: DictConfig) -> None:
     """Fail fast on values Hydra cannot check by itself."""
+    for key in missing_keys(cfg):
+        raise ConfigError(f"{key} is required: add {key}=<value>")
     s = cfg.strategy
     _check(isinstance(s.alpha, (int, float)) and 0.0 <= s.alpha <= 1.0, f"strategy.alpha={s.alpha} must be in [0, 1]")
     _check(s.beta in (0, 1) and not isinstance(s.beta, bool), f"strategy.beta={s.beta} must be 0 or 1")
@@ -39,10 +57,10 @@ def validate(cfg: DictConfig) -> None:
     _check(
         isinstance(k, int) and 1 <= k <= n, f"strategy.clients_per_round={k} must be in [1, partition.num_clients={n}]"
     )
-    _check(isinstance(cfg.num_rounds, int) and cfg.num_rounds >= 1, f"num_rounds={cfg.num_rounds} must be >= 1")
-    _check(cfg.input.clip_len >= 1, f"input.clip_len={cfg.input.clip_len} must be >= 1")
-    _check(cfg.input.crop_size >= 16, f"input.crop_size={cfg.input.crop_size} must be >= 16")
-    _check(cfg.train.batch_size >= 1, f"train.batch_size={cfg.train.batch_size} must be >= 1")
+    _integer(cfg.num_rounds, "num_rounds", 1)
+    _integer(cfg.input.clip_len, "input.clip_len", 1)
+    _integer(cfg.input.crop_size, "input.crop_size", 16)
+    _integer(cfg.train.batch_size, "train.batch_size", 1)
     device = str(cfg.runtime.device)
     _check(
         device in ("cpu", "auto") or device.startswith("cuda"), f"runtime.device={device} must be cpu, cuda[:N] or auto"

@@ -139,6 +139,8 @@ def run(cfg: DictConfig) -> dict:
     from fedvssl.results import history_frame, plot_history, results_markdown
 
     run_dir = Path(cfg.run.dir)
+    if cfg.resume and not (run_dir / "fedvssl.yaml").is_file():
+        raise ConfigError(f"resume=true: {run_dir} holds no run to resume; give the run's folder as hydra.run.dir=...")
     times = {}
     start = time.perf_counter()
     prepare_run(cfg)

@@ -36,6 +36,26 @@ def test_bad_values_stop_before_any_work(tmp_path, flower_env, override, expecte
     assert not data.exists()
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["dataset=kinetics400"], "dataset.root is required: add dataset.root=<value>"),
+        (["partition=published"], "partition.dir is required: add partition.dir=<value>"),
+        (["num_rounds=abc"], "num_rounds=abc must be an integer >= 1"),
+        (["input.clip_len=1.5"], "input.clip_len=1.5 must be an integer >= 1"),
+        (["resume=true"], "resume=true: "),
+    ],
+)
+def test_missing_and_mistyped_values_are_one_line(tmp_path, flower_env, overrides, expected):
+    data = tmp_path / "data"
+    root = [] if overrides == ["dataset=kinetics400"] else [f"dataset.root={data}"]
+    proc = run_main([*overrides, *root, f"hydra.run.dir={tmp_path / 'run'}"], flower_env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("fedvssl: error:")]
+    assert len(errors) == 1 and expected in errors[0], proc.stderr
+    assert not data.exists() and not (tmp_path / "run" / "fedvssl.yaml").exists()
+
+
 @pytest.mark.parametrize(("override", "key"), [("strategy.alhpa=0.5", "strategy.alhpa"), ("ssl=nosuch", "ssl")])
 def test_unknown_keys_and_methods_are_named(tmp_path, flower_env, override, key):
     proc = run_main([override, f"dataset.root={tmp_path / 'data'}"], flower_env)
