@@ -19,11 +19,22 @@ import numpy as np
 import torch
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files 0600; the run's files should be as readable as the umask allows.
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def _atomic(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -37,6 +48,21 @@ def _atomic(path: Path, write) -> None:
 
 def save_npz(path: str | Path, state: Mapping[str, np.ndarray]) -> None:
     _atomic(Path(path), lambda f: np.savez(f, **{k: np.asarray(v) for k, v in state.items()}))
+
+
+def prune_rounds(folder: Path, keep_last: int, keep_every: int) -> list[int]:
+    """Delete ``round-<r>.npz`` files except the newest ``keep_last`` and every ``keep_every``-th round.
+
+    Called after a round's checkpoint and history are both written, so the newest
+    checkpoint (the final one at the end, and the one a resume starts from) always stays.
+    Returns the rounds deleted.
+    """
+    rounds = sorted(int(f.stem.split("-")[1]) for f in Path(folder).glob("round-*.npz"))
+    keep = set(rounds[-keep_last:]) | {r for r in rounds if keep_every and r % keep_every == 0}
+    gone = [r for r in rounds if r not in keep]
+    for r in gone:
+        (Path(folder) / f"round-{r}.npz").unlink(missing_ok=True)
+    return gone
 
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:

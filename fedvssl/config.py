@@ -61,6 +61,8 @@ def validate(cfg: DictConfig) -> None:
     _integer(cfg.input.clip_len, "input.clip_len", 1)
     _integer(cfg.input.crop_size, "input.crop_size", 16)
     _integer(cfg.train.batch_size, "train.batch_size", 1)
+    _integer(cfg.checkpoints.keep_last, "checkpoints.keep_last", 1)
+    _integer(cfg.checkpoints.keep_every, "checkpoints.keep_every", 0)
     device = str(cfg.runtime.device)
     _check(
         device in ("cpu", "auto") or device.startswith("cuda"), f"runtime.device={device} must be cpu, cuda[:N] or auto"

@@ -55,6 +55,8 @@ def main(grid: Grid, context: Context) -> None:
         start_round=done,
         history=history,
         progress_rounds=int(cfg.num_rounds) if cfg.runtime.progress else 0,
+        keep_last=int(cfg.checkpoints.keep_last),
+        keep_every=int(cfg.checkpoints.keep_every),
         _convert_="all",
     )
     strategy.start(

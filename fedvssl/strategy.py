@@ -23,7 +23,7 @@ from flwr.serverapp.strategy import FedAvg
 from tqdm import tqdm
 
 from fedvssl.aggregation import beta_step, client_weights, weighted_average
-from fedvssl.checkpoint import save_npz, write_json
+from fedvssl.checkpoint import prune_rounds, save_npz, write_json
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,8 @@ class FedVSSL(FedAvg):
         start_round: int = 0,
         history: list[dict] | None = None,
         progress_rounds: int = 0,
+        keep_last: int = 0,
+        keep_every: int = 0,
     ) -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"strategy.alpha={alpha} must be in [0, 1]")
@@ -122,6 +124,8 @@ class FedVSSL(FedAvg):
         # On resume, Flower's loop restarts at 1: rounds are shifted by the completed ones.
         self.start_round = start_round
         self.out_dir = Path(out_dir) if out_dir else None
+        # Checkpoint retention (checkpoints.keep_last / keep_every; keep_last=0 keeps every round).
+        self.keep_last, self.keep_every = keep_last, keep_every
         self.history: list[dict] = list(history or [])
         self._previous: dict[str, np.ndarray] | None = None
         self._round: dict = {}
@@ -228,6 +232,8 @@ class FedVSSL(FedAvg):
         if self.out_dir is not None:
             save_npz(self.out_dir / "checkpoints" / f"round-{server_round}.npz", aggregate)
             write_json(self.out_dir / "history.json", self.history)
+            if self.keep_last:
+                prune_rounds(self.out_dir / "checkpoints", self.keep_last, self.keep_every)
         log.info(
             "round %d: weights %s, losses %s", server_round, np.round(weights, 4).tolist(), np.round(losses, 4).tolist()
         )

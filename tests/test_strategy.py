@@ -138,3 +138,26 @@ def test_record_round_trip_keeps_names_dtypes_and_scalars():
     assert list(back) == ["a", "b"]
     assert back["a"].shape == () and back["a"].dtype == np.int64
     np.testing.assert_array_equal(back["b"], state["b"])
+
+
+def test_checkpoint_retention_keeps_the_newest_and_every_kth(tmp_path):
+    """9 rounds, keep_last=2, keep_every=4: rounds 4, 8 and 9 stay; resume still finds its round."""
+    import os
+    import stat
+
+    from fedvssl.server_app import completed_rounds
+
+    strategy = FedVSSL(0.0, 0, "backbone", 2, 3, seed=7, out_dir=tmp_path, keep_last=2, keep_every=4)
+    state = numpy_to_record({"backbone.w": np.ones(2, np.float32)})
+    for _ in range(9):
+        msgs = list(strategy.configure_train(1, state, ConfigRecord({}), StaticGrid([1, 2, 3])))
+        replies = [reply(m, {"backbone.w": np.full(2, i, np.float32)}, 1.0, 5, i) for i, m in enumerate(msgs)]
+        state, _ = strategy.aggregate_train(1, replies)
+        strategy.start_round += 1  # as the next round of one run
+    kept = sorted(int(f.stem.split("-")[1]) for f in (tmp_path / "checkpoints").glob("round-*.npz"))
+    assert kept == [4, 8, 9]
+    assert completed_rounds(tmp_path)[0] == 9
+    umask = os.umask(0o022)
+    os.umask(umask)
+    mode = stat.S_IMODE((tmp_path / "checkpoints" / "round-9.npz").stat().st_mode)
+    assert mode == 0o666 & ~umask  # not mkstemp's 0600
