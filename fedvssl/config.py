@@ -7,12 +7,16 @@ names the offending key and value.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fedvssl.ssl.base import SSLMethod
 
+# The Hydra configs: conf/ beside the package in a checkout, fedvssl/conf once installed.
+_HERE = Path(__file__).resolve().parent
+CONF_DIR = str(_HERE / "conf" if (_HERE / "conf" / "config.yaml").is_file() else _HERE.parent / "conf")
 CONFIG_ENV = "FEDVSSL_CONFIG"
 CONFIG_KEY = "fedvssl-config"
 DOWNSTREAM = ("ucf101", "hmdb51")

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from fedvssl.annotations import DataError, VideoRecord
+from fedvssl.config import CONF_DIR
 from fedvssl.dataset import ClipsDataset
 from fedvssl.model import R3D18, load_backbone
 from fedvssl.retrieval import extract_features, recall_at_k
@@ -85,7 +86,7 @@ def evaluate_states(cfg: DictConfig, states: Mapping[str, State]) -> dict[str, d
     return results
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 

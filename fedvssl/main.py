@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from fedvssl.annotations import DataError, read_class_index, read_partition
 from fedvssl.checkpoints_io import CheckpointError
-from fedvssl.config import CONFIG_ENV, ConfigError, to_yaml, validate
+from fedvssl.config import CONF_DIR, CONFIG_ENV, ConfigError, to_yaml, validate
 
 log = logging.getLogger("fedvssl")
 
@@ -183,7 +183,7 @@ def run(cfg: DictConfig) -> dict:
     return results
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
         validate(cfg)

@@ -14,11 +14,11 @@ import hydra
 from omegaconf import DictConfig
 
 from fedvssl.annotations import DataError
-from fedvssl.config import ConfigError, validate
+from fedvssl.config import CONF_DIR, ConfigError, validate
 from fedvssl.main import prepare_run
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
         validate(cfg)
