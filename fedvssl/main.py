@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -88,6 +89,7 @@ def simulate(cfg: DictConfig) -> None:
     from flwr.simulation import run_simulation
 
     from fedvssl.client_app import app as client_app
+    from fedvssl.processes import record_while_running, stop_leftovers
     from fedvssl.server_app import app as server_app
 
     rt = cfg.runtime
@@ -95,12 +97,22 @@ def simulate(cfg: DictConfig) -> None:
         "client_resources": {"num_cpus": int(rt.num_cpus_per_client), "num_gpus": float(rt.num_gpus_per_client)},
         "init_args": {"include_dashboard": False, "logging_level": "error"},
     }
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=int(cfg.partition.num_clients),
-        backend_config=backend,
-    )
+    # A SIGKILLed run cannot stop its Ray processes: record them, and stop those of killed runs.
+    registry = Path(cfg.data.probe_cache) / "ray-processes.json"
+    stop_leftovers(registry)
+    done = threading.Event()
+    recorder = record_while_running(registry, done)
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=int(cfg.partition.num_clients),
+            backend_config=backend,
+        )
+    finally:
+        done.set()
+        if recorder.is_alive():
+            recorder.join(timeout=10)
 
 
 def evaluate(cfg: DictConfig, checkpoint: Path) -> dict:

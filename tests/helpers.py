@@ -1,5 +1,6 @@
 """Helpers shared by the test modules (fixtures live in ``conftest.py``)."""
 
+import contextlib
 import io
 import os
 import sys
@@ -88,3 +89,14 @@ def make_speed(clip_len=4, crop=32, lr=0.01):
         hue_saturation=(0.2, 12, 0.1),
         dropout=0.5,
     )
+
+
+def process_group(pgid: int) -> list[str]:
+    """The ``/proc/<pid>/stat`` lines of every live process in process group ``pgid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            text = stat.read_text()
+            if int(text.rsplit(")", 1)[1].split()[2]) == pgid:
+                found.append(text)
+    return found

@@ -1,14 +1,20 @@
 """`python -m fedvssl.main` as a user runs it: bad input, a full run, a multirun sweep."""
 
+import contextlib
 import json
 import math
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import TAILS, run_main
+from helpers import ROOT, TAILS, process_group, run_main
 
 from fedvssl.checkpoint import load_npz
 
@@ -224,14 +230,6 @@ def test_failing_clients_are_survived_or_stop_the_run(tmp_path, flower_env, worl
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, flower_env, world):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from helpers import ROOT
-
     base = [*TINY, "num_rounds=2", "finetune=hmdb51", "finetune.retrieval.num_clips=1", f"dataset.root={world}"]
     full = tmp_path / "full"
     assert run_main([*base, f"hydra.run.dir={full}"], flower_env).returncode == 0
@@ -251,12 +249,18 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, flower_env,
             time.sleep(0.2)
         assert (cut / "history.json").is_file(), "round 1 never finished"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the job and the Ray processes it started
+        os.kill(proc.pid, signal.SIGKILL)  # the job only: its Ray processes live on, as after the OOM killer
         proc.wait()
     assert not (cut / "checkpoints" / "round-2.npz").exists()
 
-    resumed = run_main([*base, "resume=true", f"hydra.run.dir={cut}"], flower_env)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    try:
+        assert process_group(proc.pid), "the killed job left no Ray process behind: nothing to check"
+        resumed = run_main([*base, "resume=true", f"hydra.run.dir={cut}"], flower_env)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert not process_group(proc.pid)  # the resumed run stopped them
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever this test started and the run did not stop
     assert "resuming after round 1 of 2" in (cut / "main.log").read_text()
     a, b = load_npz(full / "checkpoints" / "round-2.npz"), load_npz(cut / "checkpoints" / "round-2.npz")
     assert list(a) == list(b)
@@ -265,3 +269,30 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, flower_env,
     h_full = json.loads((full / "history.json").read_text())
     h_cut = json.loads((cut / "history.json").read_text())
     assert [h["train_loss"] for h in h_full] == [h["train_loss"] for h in h_cut]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_run_and_its_ray_processes(tmp_path, flower_env, world, sig):
+    args = [*TINY, "num_rounds=50", "finetune=ucf101", f"dataset.root={world}", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedvssl.main", *args],
+        cwd=ROOT,
+        env=flower_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 300
+        while not (tmp_path / "run" / "history.json").is_file() and time.time() < deadline:
+            time.sleep(0.2)
+        assert len(process_group(proc.pid)) > 3, "Ray is not running"
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=120)
+        deadline = time.time() + 30
+        while process_group(proc.pid) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not process_group(proc.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

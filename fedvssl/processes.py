@@ -1,0 +1,94 @@
+"""Ray processes of a simulation that outlive a killed run, found by PID and stopped.
+
+On SIGINT and SIGTERM, Flower's simulation shuts Ray down itself. A SIGKILLed run
+cannot: its Ray processes (GCS server, raylet, dashboard, workers) keep running. So
+while a simulation runs, a background thread records the PIDs of the processes the
+run started (its children and theirs) with their command lines, in a registry file;
+the next run stops the recorded processes of any run whose driver is gone. Only
+recorded PIDs whose command line is unchanged are touched, so a reused PID is left
+alone. Linux only (``/proc``); elsewhere recording and cleanup do nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from fedvssl.checkpoint import write_json
+
+log = logging.getLogger(__name__)
+PROC = Path("/proc")
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the command name may hold spaces and ")"
+
+
+def cmdline(pid: int) -> str | None:
+    try:
+        return (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` in the process tree."""
+    parents = {int(p.name): _parent(int(p.name)) for p in PROC.glob("[0-9]*")}
+    found, frontier = [], [pid]
+    while frontier:
+        children = [c for c, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def _load(registry: Path) -> dict[str, dict]:
+    try:
+        return json.loads(registry.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def record_while_running(registry: Path, stop: threading.Event, every_s: float = 2.0) -> threading.Thread:
+    """Start a daemon thread that keeps ``registry[<our pid>]`` = our descendants until ``stop`` is set."""
+    me = str(os.getpid())
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            entries = _load(registry)
+            children = {str(p): c for p in descendants(os.getpid()) if (c := cmdline(p))}
+            entries[me] = {"driver": cmdline(os.getpid()), "children": children}
+            write_json(registry, entries)
+        entries = _load(registry)
+        entries.pop(me, None)  # a run that ends normally has stopped its processes itself
+        write_json(registry, entries)
+
+    thread = threading.Thread(target=loop, name="fedvssl-ray-registry", daemon=True)
+    if PROC.is_dir():
+        thread.start()
+    return thread
+
+
+def stop_leftovers(registry: Path) -> list[int]:
+    """Stop the recorded processes of runs whose driver process is gone; returns their PIDs."""
+    entries = _load(registry)
+    stopped = []
+    for driver in [d for d, e in entries.items() if cmdline(int(d)) != e.get("driver")]:
+        for pid, recorded in entries.pop(driver).get("children", {}).items():
+            if cmdline(int(pid)) == recorded:
+                os.kill(int(pid), signal.SIGKILL)
+                stopped.append(int(pid))
+    if stopped:
+        write_json(registry, entries)
+        time.sleep(0.5)
+        log.warning("stopped %d Ray processes left behind by a killed run: %s", len(stopped), stopped)
+    return stopped
