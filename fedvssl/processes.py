@@ -1,4 +1,4 @@
-"""Ray processes of a simulation that outlive a killed run, found by PID and stopped.
+"""Processes of a run: Ray processes that outlive a killed run, and memory use.
 
 On SIGINT and SIGTERM, Flower's simulation shuts Ray down itself. A SIGKILLed run
 cannot: its Ray processes (GCS server, raylet, dashboard, workers) keep running. So
@@ -23,6 +23,17 @@ from fedvssl.checkpoint import write_json
 
 log = logging.getLogger(__name__)
 PROC = Path("/proc")
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MiB (Linux ``/proc``; elsewhere its peak, from getrusage)."""
+    try:
+        pages = int((PROC / "self" / "statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _parent(pid: int) -> int | None:

@@ -62,7 +62,7 @@ def history_frame(history: list[dict]):
 
 
 def plot_history(history: list[dict], path) -> None:
-    """Training loss and aggregation weight of every client, per round."""
+    """Training loss, pretext score (accuracy, or IoU for CtP) and aggregation weight of every client, per round."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,18 +70,21 @@ def plot_history(history: list[dict], path) -> None:
     import matplotlib.ticker
 
     frame = history_frame(history)
-    fig, (ax_loss, ax_w) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for pid, rows in frame.groupby("partition_id"):
-        ax_loss.plot(rows["round"], rows["train_loss"], marker="o", label=f"client {pid}")
-        ax_w.plot(rows["round"], rows["weights"], marker="o", label=f"client {pid}")
-    mean = frame.groupby("round").apply(lambda g: (g["weights"] * g["train_loss"]).sum(), include_groups=False)
-    ax_loss.plot(mean.index, mean.values, color="black", linewidth=2, label="weighted mean")
-    ax_loss.set(xlabel="round", ylabel="local training loss", title="Client losses")
-    ax_w.set(xlabel="round", ylabel="weight w_k", title="Aggregation weights")
-    for ax in (ax_loss, ax_w):
+    score = next((c for c in ("accuracy", "iou") if c in frame), None)
+    panels = [("train_loss", "local training loss", "Client losses")]
+    panels += [(score, f"pretext {score}", f"Pretext {score}")] if score else []
+    panels += [("weights", "weight w_k", "Aggregation weights")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
+    for ax, (column, ylabel, title) in zip(axes, panels, strict=True):
+        for pid, rows in frame.groupby("partition_id"):
+            ax.plot(rows["round"], rows[column], marker="o", label=f"client {pid}")
+        if column != "weights":  # the aggregation-weighted mean over the round's clients
+            mean = frame.groupby("round").apply(lambda g, c=column: (g["weights"] * g[c]).sum(), include_groups=False)
+            ax.plot(mean.index, mean.values, color="black", linewidth=2, label="weighted mean")
+        ax.set(xlabel="round", ylabel=ylabel, title=title)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     if frame["partition_id"].nunique() <= 10:
-        ax_loss.legend(fontsize=7)
+        axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

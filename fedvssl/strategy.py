@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from fedvssl.aggregation import beta_step, client_weights, weighted_average
 from fedvssl.checkpoint import prune_rounds, save_npz, write_json
+from fedvssl.processes import rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +221,7 @@ class FedVSSL(FedAvg):
                 np.sqrt(sum(np.sum((aggregate[k].astype(np.float64) - self._previous[k]) ** 2) for k in aggregate))
             ),
             "time_s": time.perf_counter() - self._round.get("start", time.perf_counter()),
+            "server_rss_mb": rss_mb(),
         }
         entry.update(
             {

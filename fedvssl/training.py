@@ -21,6 +21,7 @@ from fedvssl.annotations import DataError, read_partition
 from fedvssl.checkpoint import load_tensors, save_tensors
 from fedvssl.dataset import PretextDataset
 from fedvssl.model import BACKBONE_PREFIX
+from fedvssl.processes import rss_mb
 from fedvssl.sources import drop_unusable
 from fedvssl.ssl.base import PretextModel, SSLMethod
 
@@ -188,5 +189,6 @@ def local_train(
         sd = model.state_dict()
         heads.save(server_round, {k: v for k, v in sd.items() if k not in keys})
     metrics["train-time"] = time.perf_counter() - start
+    metrics["rss-mb"] = rss_mb()  # of the process serving this client (a Ray actor in simulation)
     log.info("client %d round %d: %s", partition_id, server_round, metrics)
     return state_to_numpy(model, keys), metrics
