@@ -1,0 +1,142 @@
+"""Dress rehearsal of the paper's run structure on a CPU: 100 clients, 5 per round.
+
+The real main job (Flower's simulation on Ray, the FedVSSL strategy, checkpoint
+retention, client heads on disk) runs at the tiny input on the synthetic world,
+with non-iid label windows written in the published ``client_dist<k>.json`` schema
+(``partition=published``): client k holds videos of classes k and k+1 (mod 8), each
+class's videos split evenly over the clients that share it. One Ray actor serves
+all clients (``runtime.num_cpus_per_client`` = the CPU count), so clients run one
+after another and
+
+    framework overhead per round = round wall time - sum of the clients' train-time
+
+(train-time covers a client's whole local work: model build, data, training). From
+``history.json`` it reports the overhead, the server's and the client process's
+resident memory over the rounds (slope by least squares over rounds 3..R), and the
+run folder's disk use, then projects them to 540 rounds.
+
+Usage: ``python -m benchmarks.rehearsal [--rounds 20] [--clients 100] [--per-round 5]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dataset_preparation import partition as P
+from dataset_preparation.synthetic import WorldSpec, ensure
+from fedvssl.annotations import read_kinetics_csv
+from fedvssl.main import FLOWER_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_ROUNDS = 540
+
+
+def label_windows(world: Path, num_clients: int, out: Path) -> list[int]:
+    """Client k: classes k and k+1 (mod C), each class split evenly over its clients; published schema."""
+    records, classes = read_kinetics_csv(world / "kinetics400/annotations/train.csv", world / "kinetics400")
+    by_class: dict[int, list[tuple[str, int]]] = {}
+    for r in sorted(records, key=lambda r: r.name):
+        by_class.setdefault(r.label, []).append((P.item_name(r.name), r.label + 1))
+    clients: list[list[tuple[str, int]]] = [[] for _ in range(num_clients)]
+    for c, items in by_class.items():
+        holders = [k for k in range(num_clients) if c in (k % len(classes), (k + 1) % len(classes))]
+        for j, k in enumerate(holders):
+            clients[k] += items[j * len(items) // len(holders) : (j + 1) * len(items) // len(holders)]
+    P.write_partition(clients, [c.replace(" ", "_") for c in classes], out, {"scheme": "label windows"})
+    return [len(c) for c in clients]
+
+
+def disk_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def slope(values: list[float]) -> float:
+    """Least-squares change per round."""
+    return float(np.polyfit(np.arange(len(values)), values, 1)[0]) if len(values) > 1 else 0.0
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--clients", type=int, default=100)
+    p.add_argument("--per-round", type=int, default=5)
+    p.add_argument("--videos-per-class", type=int, default=64, help="Kinetics-style videos per synthetic class")
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fedvssl-rehearsal")
+    a = p.parse_args(argv)
+
+    world = a.work / "world"
+    ensure(world, WorldSpec(kinetics_per_class=a.videos_per_class))
+    counts = label_windows(world, a.clients, a.work / "partition")
+    run_dir = a.work / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+    cpus = os.cpu_count() or 1
+    overrides = [
+        f"dataset.root={world}",
+        f"+dataset.spec.kinetics_per_class={a.videos_per_class}",
+        "partition=published",
+        f"partition.dir={a.work / 'partition'}",
+        f"partition.num_clients={a.clients}",
+        f"strategy.clients_per_round={a.per_round}",
+        "input=tiny",
+        f"num_rounds={a.rounds}",
+        "finetune.datasets=[]",
+        f"runtime.num_cpus_per_client={cpus}",
+        f"runtime.torch_threads={cpus}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(a.work / "flwr"), "PYTHONPATH": str(ROOT)}
+    print(f"{a.clients} clients ({min(counts)}-{max(counts)} videos each), {a.per_round} per round, {a.rounds} rounds")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "fedvssl.main", *overrides], cwd=ROOT, env=env)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"the run failed; see {run_dir / 'main.log'}")
+
+    history = json.loads((run_dir / "history.json").read_text())
+    steady = history[2:] if len(history) > 3 else history
+    overhead = [h["time_s"] - sum(h["train-time"]) for h in history]
+    compute = [sum(h["train-time"]) for h in history]
+    server = [h["server_rss_mb"] for h in steady]
+    client = [max(h["rss-mb"]) for h in steady]
+    disk = disk_bytes(run_dir)
+    checkpoints = disk_bytes(run_dir / "checkpoints")
+    heads = disk_bytes(run_dir / "clients")
+    over = float(np.mean(overhead[2:] if len(overhead) > 3 else overhead))
+
+    def projected(series: list[float]) -> str:  # a falling series is projected flat, not below zero
+        return f"{series[-1] + max(0.0, slope(series)) * (PAPER_ROUNDS - len(history)):.0f} MiB"
+
+    rows = [
+        ("rounds run", f"{len(history)}", ""),
+        ("wall time (whole job)", f"{wall:.0f} s", ""),
+        ("clients' compute per round (mean)", f"{np.mean(compute):.2f} s", ""),
+        ("framework overhead per round (rounds 3..R)", f"{over:.2f} s", f"{over * PAPER_ROUNDS / 60:.1f} min in all"),
+        ("overhead, round 1 (Ray start, sampling query)", f"{overhead[0]:.2f} s", "once"),
+        ("server memory (last round)", f"{server[-1]:.0f} MiB", projected(server)),
+        ("server memory slope", f"{slope(server):+.2f} MiB/round", ""),
+        (
+            "client process memory (last round)",
+            f"{client[-1]:.0f} MiB",
+            projected(client),
+        ),
+        ("client process memory slope", f"{slope(client):+.2f} MiB/round", ""),
+        ("run folder on disk", f"{disk / 1e6:.1f} MB", ""),
+        ("  checkpoints (retention)", f"{checkpoints / 1e6:.1f} MB", ""),
+        ("  client heads (<= 2 per client)", f"{heads / 1e6:.2f} MB", ""),
+    ]
+    print(f"\n| measure | measured | projected to {PAPER_ROUNDS} rounds |\n|---|---|---|")
+    for name, value, projected in rows:
+        print(f"| {name} | {value} | {projected} |")
+    print(f"\nrun folder: {run_dir}")
+
+
+if __name__ == "__main__":
+    main()
