@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -229,24 +230,30 @@ def test_failing_clients_are_survived_or_stop_the_run(tmp_path, flower_env, worl
     assert "round 1: 0 of 3 clients replied, fewer than strategy.min_replies=1" in line
 
 
+def start_until_round_one(args: list[str], run: Path, env: dict[str, str]) -> subprocess.Popen:
+    """The main job in its own session (process group = its pid), returned once round 1 is saved."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedvssl.main", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while not (run / "history.json").is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    return proc
+
+
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, flower_env, world):
     base = [*TINY, "num_rounds=2", "finetune=hmdb51", "finetune.retrieval.num_clips=1", f"dataset.root={world}"]
     full = tmp_path / "full"
     assert run_main([*base, f"hydra.run.dir={full}"], flower_env).returncode == 0
 
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fedvssl.main", *base, f"hydra.run.dir={cut}"],
-        cwd=ROOT,
-        env=flower_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = start_until_round_one([*base, f"hydra.run.dir={cut}"], cut, flower_env)
     try:
-        deadline = time.time() + 300
-        while not (cut / "history.json").is_file() and time.time() < deadline:
-            time.sleep(0.2)
         assert (cut / "history.json").is_file(), "round 1 never finished"
     finally:
         os.kill(proc.pid, signal.SIGKILL)  # the job only: its Ray processes live on, as after the OOM killer
@@ -274,18 +281,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, flower_env,
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_the_run_and_its_ray_processes(tmp_path, flower_env, world, sig):
     args = [*TINY, "num_rounds=50", "finetune=ucf101", f"dataset.root={world}", f"hydra.run.dir={tmp_path / 'run'}"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fedvssl.main", *args],
-        cwd=ROOT,
-        env=flower_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = start_until_round_one(args, tmp_path / "run", flower_env)
     try:
-        deadline = time.time() + 300
-        while not (tmp_path / "run" / "history.json").is_file() and time.time() < deadline:
-            time.sleep(0.2)
         assert len(process_group(proc.pid)) > 3, "Ray is not running"
         os.kill(proc.pid, sig)
         proc.wait(timeout=120)
