@@ -1,8 +1,8 @@
 """The FedVSSL strategy on Flower's Message API.
 
-It subclasses Flower's ``FedAvg`` for node handling, messaging and reply checks,
-and replaces sampling (seeded) and aggregation (alpha/beta, see
-``aggregation.py``). It keeps the previous global model in memory for the beta
+It subclasses Flower's ``FedAvg`` (public API only) and replaces sampling (seeded)
+and aggregation, whose two decisions are hooks: ``client_weights`` (alpha) and
+``server_step`` (beta), see ``aggregation.py``. It keeps the previous global model in memory for the beta
 step and writes one checkpoint and one history entry per round.
 """
 
@@ -101,15 +101,17 @@ class FedVSSL(FedAvg):
         keep_last: int = 0,
         keep_every: int = 0,
     ) -> None:
-        if not 0.0 <= alpha <= 1.0:
+        if not (isinstance(alpha, int | float) and not isinstance(alpha, bool) and 0.0 <= alpha <= 1.0):
             raise ValueError(f"strategy.alpha={alpha} must be in [0, 1]")
-        if beta not in (0, 1):
+        if beta not in (0, 1) or isinstance(beta, bool):
             raise ValueError(f"strategy.beta={beta} must be 0 or 1")
         if share not in ("backbone", "full"):
             raise ValueError(f"strategy.share={share!r} must be 'backbone' or 'full'")
-        if not 1 <= clients_per_round <= num_clients:
-            raise ValueError(f"strategy.clients_per_round={clients_per_round} must be in [1, {num_clients}]")
-        if not 1 <= min_replies <= clients_per_round:
+        if not (isinstance(clients_per_round, int) and 1 <= clients_per_round <= num_clients):
+            raise ValueError(
+                f"strategy.clients_per_round={clients_per_round} must be in [1, partition.num_clients={num_clients}]"
+            )
+        if not (isinstance(min_replies, int) and 1 <= min_replies <= clients_per_round):
             raise ValueError(
                 f"strategy.min_replies={min_replies} must be in [1, clients_per_round={clients_per_round}]"
             )
@@ -133,6 +135,16 @@ class FedVSSL(FedAvg):
         self._partitions: dict[int, int] = {}  # node id -> partition id
         # A progress bar over all rounds (0: none, as in CI and non-interactive runs).
         self._bar = tqdm(total=progress_rounds, initial=start_round, desc="rounds") if progress_rounds else None
+
+    # FedVSSL's two decisions, as hooks: a new client weighting or server step is a
+    # subclass that overrides one of them, plus a conf/strategy/<name>.yaml.
+    def client_weights(self, losses: list[float], num_examples: list[int]) -> np.ndarray:
+        """Aggregation weights from the replies' metrics: alpha * softmax(-loss) + (1 - alpha) * n_k / n."""
+        return client_weights(losses, num_examples, self.alpha)
+
+    def server_step(self, aggregate: dict[str, np.ndarray], server_round: int) -> dict[str, np.ndarray]:
+        """Combine the round's aggregate with the previous global model (beta=1: their mean, from round 2)."""
+        return beta_step(aggregate, self._previous) if self.beta == 1 and server_round >= 2 else aggregate
 
     def partition_ids(self, grid: Grid, nodes: list[int]) -> dict[int, int]:
         """Ask every node once for its partition id (node ids are not partition ids)."""
@@ -169,13 +181,15 @@ class FedVSSL(FedAvg):
         config["server-round"] = server_round
         self._round = {"start": time.perf_counter(), "bytes_sent": arrays.count_bytes() * len(nodes)}
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, nodes, MessageType.TRAIN)
+        return [Message(content=record, dst_node_id=node, message_type=MessageType.TRAIN) for node in nodes]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.start_round
-        valid, failed = self._check_and_log_replies(list(replies), is_train=True)
+        replies = list(replies)
+        valid, failed = [m for m in replies if not m.has_error()], [m for m in replies if m.has_error()]
+        log.info("round %d: %d replies, %d failures", server_round, len(valid), len(failed))
         failures = [
             {
                 "node_id": int(m.metadata.src_node_id),
@@ -202,11 +216,9 @@ class FedVSSL(FedAvg):
         metrics, valid = [p[0] for p in pairs], [p[1] for p in pairs]
         losses = [float(m["train-loss"]) for m in metrics]
         counts = [int(m["num-examples"]) for m in metrics]
-        weights = client_weights(losses, counts, self.alpha)
+        weights = np.asarray(self.client_weights(losses, counts), dtype=np.float64)
         arrays = [_single(m.content.array_records, "ArrayRecord", m.metadata.src_node_id) for m in valid]
-        aggregate = weighted_average([LazyArrays(a) for a in arrays], weights)
-        if self.beta == 1 and server_round >= 2:
-            aggregate = beta_step(aggregate, self._previous)
+        aggregate = self.server_step(weighted_average([LazyArrays(a) for a in arrays], weights), server_round)
         entry = {
             "round": server_round,
             "partition_ids": [int(m.get("partition-id", -1)) for m in metrics],

@@ -161,3 +161,32 @@ def test_checkpoint_retention_keeps_the_newest_and_every_kth(tmp_path):
     os.umask(umask)
     mode = stat.S_IMODE((tmp_path / "checkpoints" / "round-9.npz").stat().st_mode)
     assert mode == 0o666 & ~umask  # not mkstemp's 0600
+
+
+class EqualWeights(FedVSSL):
+    """A new client weighting: every replying client counts the same."""
+
+    def client_weights(self, losses, num_examples):
+        return np.full(len(losses), 1.0 / len(losses))
+
+
+def test_a_new_weighting_is_one_subclass_and_one_yaml(tmp_path):
+    from helpers import ROOT
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    (tmp_path / "strategy").mkdir()
+    (tmp_path / "strategy" / "equal.yaml").write_text(
+        "defaults:\n  - fedvssl\n  - _self_\n_target_: test_strategy.EqualWeights\nbeta: 0\n"
+    )
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", ["strategy=equal", f"hydra.searchpath=[file://{tmp_path}]", "partition.num_clients=3"])
+    strategy = instantiate(cfg.strategy, num_clients=3, seed=7, out_dir=str(tmp_path / "run"), _convert_="all")
+    assert type(strategy) is EqualWeights and strategy.alpha == 0.9  # the rest comes from fedvssl.yaml
+    state = numpy_to_record({"backbone.w": np.zeros(2, np.float32)})
+    msgs = list(strategy.configure_train(1, state, ConfigRecord({}), StaticGrid([1, 2, 3])))
+    states = [{"backbone.w": np.full(2, 3.0 * i, np.float32)} for i in range(3)]
+    replies = [reply(m, states[i], 0.1 * i, 1 + 9 * i, i) for i, m in enumerate(msgs)]
+    new, _ = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(record_to_numpy(new)["backbone.w"], 3.0)  # (0 + 3 + 6) / 3
+    assert strategy.history[0]["weights"] == pytest.approx([1 / 3] * 3)
