@@ -17,11 +17,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from fedvssl.errors import DataError
+
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm")
-
-
-class DataError(ValueError):
-    """An annotation or dataset problem, reported as one line naming the file."""
 
 
 @dataclass(frozen=True)

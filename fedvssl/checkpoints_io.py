@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedvssl.errors import CheckpointError
 from fedvssl.model import BACKBONE_PREFIX, R3D18
 
 try:  # NumPy 2
@@ -31,10 +32,6 @@ _NUMPY_GLOBALS = {
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
 }
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and the entry."""
 
 
 class Parameters:

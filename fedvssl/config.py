@@ -12,6 +12,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fedvssl.errors import ConfigError
 from fedvssl.ssl.base import SSLMethod
 
 # The Hydra configs: conf/ beside the package in a checkout, fedvssl/conf once installed.
@@ -20,10 +21,6 @@ CONF_DIR = str(_HERE / "conf" if (_HERE / "conf" / "config.yaml").is_file() else
 CONFIG_ENV = "FEDVSSL_CONFIG"
 CONFIG_KEY = "fedvssl-config"
 DOWNSTREAM = ("ucf101", "hmdb51")
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; its message is one line naming the key."""
 
 
 def _check(ok: bool, message: str) -> None:

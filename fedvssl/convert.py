@@ -13,13 +13,13 @@ exactly, but to reproduce fedvssl's outputs in torchvision set every BatchNorm3d
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
 from fedvssl.checkpoint import save_npz
-from fedvssl.checkpoints_io import CheckpointError, load_backbone_state, to_torchvision
+from fedvssl.checkpoints_io import load_backbone_state, to_torchvision
+from fedvssl.errors import CheckpointError, one_line_errors
 
 BN_NOTE = "note: set BatchNorm3d eps=1e-3 in torchvision's r3d_18 to match fedvssl (CtP) outputs exactly"
 
@@ -40,10 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)
     a = p.parse_args(argv)
-    try:
-        convert(a.src, a.dst)
-    except CheckpointError as e:
-        sys.exit(f"convert: error: {e}")
+    one_line_errors(convert)(a.src, a.dst)
     print(f"wrote {a.dst}")
     if a.dst.suffix in (".pt", ".pth"):
         print(BN_NOTE)

@@ -10,7 +10,6 @@ torchvision state_dict) with the same Hydra configs as the main job; without
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,9 +20,10 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from fedvssl.annotations import DataError, VideoRecord
+from fedvssl.annotations import VideoRecord
 from fedvssl.config import CONF_DIR
 from fedvssl.dataset import ClipsDataset
+from fedvssl.errors import one_line_errors
 from fedvssl.model import R3D18, load_backbone
 from fedvssl.retrieval import extract_features, recall_at_k
 from fedvssl.sources import downstream_splits
@@ -87,27 +87,24 @@ def evaluate_states(cfg: DictConfig, states: Mapping[str, State]) -> dict[str, d
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from dataset_preparation.synthetic import WorldSpec, ensure
     from fedvssl.checkpoint import write_json, write_text
-    from fedvssl.checkpoints_io import CheckpointError, load_backbone_state
-    from fedvssl.config import ConfigError, validate
+    from fedvssl.checkpoints_io import load_backbone_state
+    from fedvssl.config import validate
     from fedvssl.results import results_markdown
 
     run_dir = Path(cfg.run.dir)
-    try:
-        validate(cfg)
-        if cfg.dataset.get("generate", False):
-            ensure(cfg.dataset.root, WorldSpec(**cfg.dataset.get("spec", {})))
-        checkpoint = cfg.get("checkpoint")
-        states = {"pretrained": load_backbone_state(checkpoint)} if checkpoint else {"random_init": None}
-        start = time.perf_counter()
-        results = evaluate_states(cfg, states)
-    except (ConfigError, DataError, CheckpointError) as e:
-        print(f"fedvssl: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    validate(cfg)
+    if cfg.dataset.get("generate", False):
+        ensure(cfg.dataset.root, WorldSpec(**cfg.dataset.get("spec", {})))
+    checkpoint = cfg.get("checkpoint")
+    states = {"pretrained": load_backbone_state(checkpoint)} if checkpoint else {"random_init": None}
+    start = time.perf_counter()
+    results = evaluate_states(cfg, states)
     results["run"] = {
         "checkpoint": str(checkpoint) if checkpoint else None,
         "overrides": list(HydraConfig.get().overrides.task),

@@ -17,15 +17,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fedvssl.annotations import DataError, read_class_index, read_partition
-from fedvssl.checkpoints_io import CheckpointError
+from fedvssl.annotations import read_class_index, read_partition
 from fedvssl.config import CONF_DIR, CONFIG_ENV, ConfigError, to_yaml, validate
+from fedvssl.errors import DataError, RunError, one_line_errors
 
 log = logging.getLogger("fedvssl")
-
-
-class RunError(RuntimeError):
-    """The federated run could not finish; the message is one line."""
 
 
 FLOWER_ENV = {
@@ -196,16 +192,10 @@ def run(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
-    try:
-        validate(cfg)
-        run(cfg)
-    except (ConfigError, DataError, CheckpointError) as e:
-        print(f"fedvssl: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except RunError as e:
-        print(f"fedvssl: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    validate(cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":

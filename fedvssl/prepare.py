@@ -8,24 +8,19 @@ ServerApp and ClientApp read nothing else, so there is no second copy of any def
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from fedvssl.annotations import DataError
-from fedvssl.config import CONF_DIR, ConfigError, validate
+from fedvssl.config import CONF_DIR, validate
+from fedvssl.errors import one_line_errors
 from fedvssl.main import prepare_run
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
-    try:
-        validate(cfg)
-        path = prepare_run(cfg)
-    except (ConfigError, DataError) as e:
-        print(f"fedvssl: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    validate(cfg)
+    path = prepare_run(cfg)
     print(path)
     print(f"""flwr run . <superlink> --run-config "config-path='{path}'" --stream""")
 

@@ -32,6 +32,19 @@ def test_installed_wheel_runs_from_anywhere(tmp_path):
     )
     assert job.returncode == 0, job.stderr
     assert "alpha: 0.5" in job.stdout and "_target_: fedvssl.ssl.speed.Speed" in job.stdout
+    # Console scripts, each under the shared one-line error wrapper.
+    convert = subprocess.run(
+        [target / "bin" / "fedvssl-convert", tmp_path / "none.npz", tmp_path / "out.pt"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert convert.returncode == 2 and convert.stderr.splitlines() == [
+        f"fedvssl: error: {tmp_path / 'none.npz'}: no such checkpoint"
+    ]
+    for command in ("fedvssl", "fedvssl-evaluate", "fedvssl-prepare", "fedvssl-sweep", "fedvssl-partition"):
+        assert (target / "bin" / command).is_file(), command
 
 
 def test_every_imported_distribution_is_declared():
