@@ -85,11 +85,6 @@ class R3D18(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
-def backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The ``backbone.*`` entries of a full model's state_dict, in order."""
-    return {k: v for k, v in model.state_dict().items() if k.startswith(BACKBONE_PREFIX)}
-
-
 def load_backbone(backbone: R3D18, state: dict[str, torch.Tensor]) -> None:
     """Strictly load a backbone from a state that may carry the ``backbone.`` prefix."""
     stripped = {k.removeprefix(BACKBONE_PREFIX): v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}

@@ -40,7 +40,6 @@ class PretextModel(nn.Module):
 class SSLMethod(ABC):
     """Base class of the pretext tasks (Speed, and the ones that follow)."""
 
-    name: ClassVar[str]
     head_name: ClassVar[str]
     ctp_strides: ClassVar[bool] = False
 

@@ -212,7 +212,6 @@ def dynamic_jitter(
 
 
 class CtP(SSLMethod):
-    name = "ctp"
     head_name = "head"
     ctp_strides = True
 

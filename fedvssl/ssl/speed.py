@@ -37,7 +37,6 @@ class ClsHead(nn.Module):
 
 
 class Speed(SSLMethod):
-    name = "speed"
     head_name = "cls_head"
 
     def __init__(

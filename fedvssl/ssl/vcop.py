@@ -43,7 +43,6 @@ class VCOPHead(nn.Module):
 
 
 class VCOP(SSLMethod):
-    name = "vcop"
     head_name = "vcop_head"
 
     def __init__(
