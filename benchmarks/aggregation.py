@@ -22,8 +22,8 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from fedvssl.aggregation import client_weights, weighted_average
 from fedvssl.model import R3D18
+from fedvssl.records import LazyArrays, numpy_to_record, record_to_numpy
 from fedvssl.ssl.ctp import CtPHead
-from fedvssl.strategy import LazyArrays, numpy_to_record, record_to_numpy
 
 
 def replies(k: int) -> tuple[list[RecordDict], int]:

@@ -204,3 +204,7 @@ def read_hmdb51(root: Path, split: int = 1) -> tuple[list[VideoRecord], list[Vid
         if not records:
             raise DataError(f"{split_dir}: split {split} has no {kind} videos")
     return train, test, classes
+
+
+# The downstream datasets and their readers (finetune.datasets is a subset of these names).
+DOWNSTREAM_READERS = {"ucf101": read_ucf101, "hmdb51": read_hmdb51}

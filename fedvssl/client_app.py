@@ -7,7 +7,7 @@ from flwr.clientapp import ClientApp
 from omegaconf import OmegaConf
 
 from fedvssl.config import CONFIG_KEY, build_method, from_yaml
-from fedvssl.strategy import numpy_to_record, record_to_numpy
+from fedvssl.records import numpy_to_record, record_to_numpy
 from fedvssl.training import local_train
 
 app = ClientApp()

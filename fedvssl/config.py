@@ -12,6 +12,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fedvssl.annotations import DOWNSTREAM_READERS
 from fedvssl.errors import ConfigError
 from fedvssl.ssl.base import SSLMethod
 
@@ -20,7 +21,6 @@ _HERE = Path(__file__).resolve().parent
 CONF_DIR = str(_HERE / "conf" if (_HERE / "conf" / "config.yaml").is_file() else _HERE.parent / "conf")
 CONFIG_ENV = "FEDVSSL_CONFIG"
 CONFIG_KEY = "fedvssl-config"
-DOWNSTREAM = ("ucf101", "hmdb51")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -80,7 +80,10 @@ def validate(cfg: DictConfig) -> None:
         f"ssl._target_={target} is not a fedvssl.ssl method",
     )
     for name in cfg.finetune.datasets:
-        _check(name in DOWNSTREAM, f"finetune.datasets contains {name!r}; expected a subset of {list(DOWNSTREAM)}")
+        _check(
+            name in DOWNSTREAM_READERS,
+            f"finetune.datasets contains {name!r}; expected a subset of {list(DOWNSTREAM_READERS)}",
+        )
     _check(
         cfg.runtime.decode_backend in ("auto", "decord", "pyav"),
         f"runtime.decode_backend={cfg.runtime.decode_backend} must be auto, decord or pyav",

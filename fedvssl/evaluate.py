@@ -24,11 +24,10 @@ from fedvssl.annotations import VideoRecord
 from fedvssl.config import CONF_DIR
 from fedvssl.dataset import ClipsDataset
 from fedvssl.errors import one_line_errors
-from fedvssl.model import R3D18, load_backbone
+from fedvssl.model import R3D18, device_of, load_backbone
 from fedvssl.retrieval import extract_features, recall_at_k
 from fedvssl.sources import downstream_splits
 from fedvssl.ssl.base import REFERENCE_CROP
-from fedvssl.training import device_of
 
 log = logging.getLogger(__name__)
 State = Mapping[str, np.ndarray] | None

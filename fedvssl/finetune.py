@@ -24,10 +24,8 @@ from tqdm import tqdm
 from fedvssl import transforms as T
 from fedvssl.annotations import VideoRecord
 from fedvssl.dataset import ClipsDataset, VideoDataset, random_clip_indices
-from fedvssl.model import R3D18, load_backbone
+from fedvssl.model import R3D18, ClsHead, device_of, load_backbone, to_device
 from fedvssl.ssl.base import REFERENCE_CROP, read_clip
-from fedvssl.ssl.speed import ClsHead
-from fedvssl.training import device_of, to_device
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 
 from fedvssl.checkpoint import load_npz
 from fedvssl.config import CONFIG_KEY, build_method, server_config, to_yaml
-from fedvssl.strategy import numpy_to_record
+from fedvssl.records import numpy_to_record
 from fedvssl.training import shared_keys, state_to_numpy
 
 log = logging.getLogger(__name__)

@@ -8,10 +8,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from fedvssl.annotations import DataError, VideoRecord, read_hmdb51, read_kinetics_csv, read_ucf101
+from fedvssl.annotations import DOWNSTREAM_READERS, DataError, VideoRecord, read_kinetics_csv, read_ucf101
 from fedvssl.health import ProbeCache, Problem, enforce, screen
-
-DOWNSTREAM_READERS = {"ucf101": read_ucf101, "hmdb51": read_hmdb51}
 
 
 def usable(

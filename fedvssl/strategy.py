@@ -8,16 +8,15 @@ step and writes one checkpoint and one history entry per round.
 
 from __future__ import annotations
 
-import io
 import logging
 import random
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from tqdm import tqdm
@@ -25,43 +24,9 @@ from tqdm import tqdm
 from fedvssl.aggregation import beta_step, client_weights, weighted_average
 from fedvssl.checkpoint import prune_rounds, save_npz, write_json
 from fedvssl.processes import rss_mb
+from fedvssl.records import LazyArrays, numpy_to_record, record_to_numpy
 
 log = logging.getLogger(__name__)
-
-
-def record_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in record.items()}
-
-
-class LazyArrays(Mapping):
-    """Read-only view of an ArrayRecord that decodes a tensor only when it is read."""
-
-    def __init__(self, record: ArrayRecord) -> None:
-        self.record = record
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        # A read-only view on the message bytes: no copy (Array.numpy() would make one).
-        data = self.record[key].data
-        f = io.BytesIO(data)
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        if dtype.hasobject:
-            raise ValueError(f"tensor {key} holds Python objects")
-        arr = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=f.tell())
-        return arr.reshape(shape, order="F" if fortran else "C")
-
-    def __iter__(self):
-        return iter(self.record.keys())
-
-    def __len__(self) -> int:
-        return len(self.record)
-
-
-def numpy_to_record(state: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.require(v, requirements="C")) for k, v in state.items()})
 
 
 def short_reason(reason: str) -> str:

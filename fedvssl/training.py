@@ -20,7 +20,7 @@ from tqdm import tqdm
 from fedvssl.annotations import DataError, read_partition
 from fedvssl.checkpoint import load_tensors, save_tensors
 from fedvssl.dataset import PretextDataset
-from fedvssl.model import BACKBONE_PREFIX
+from fedvssl.model import BACKBONE_PREFIX, device_of, to_device
 from fedvssl.processes import rss_mb
 from fedvssl.sources import drop_unusable
 from fedvssl.ssl.base import PretextModel, SSLMethod
@@ -90,17 +90,6 @@ def inject_fault(cfg: DictConfig, partition_id: int, server_round: int) -> None:
         raise RuntimeError(
             f"injected failure of client {partition_id} in round {server_round} (fault.client_failure_rate={rate})"
         )
-
-
-def device_of(name: str) -> torch.device:
-    """``runtime.device``: cpu, cuda, cuda:N, or auto (cuda where available)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def train_epoch(

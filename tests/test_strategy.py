@@ -7,7 +7,8 @@ import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedvssl.checkpoint import load_npz
-from fedvssl.strategy import FedVSSL, numpy_to_record, record_to_numpy
+from fedvssl.records import numpy_to_record, record_to_numpy
+from fedvssl.strategy import FedVSSL
 
 
 @pytest.fixture(autouse=True)
