@@ -85,7 +85,7 @@ def simulate(cfg: DictConfig) -> None:
     from flwr.simulation import run_simulation
 
     from fedvssl.client_app import app as client_app
-    from fedvssl.processes import record_while_running, stop_leftovers
+    from fedvssl.processes import record_while_running, stop_leftovers, stop_on_signals
     from fedvssl.server_app import app as server_app
 
     rt = cfg.runtime
@@ -99,12 +99,13 @@ def simulate(cfg: DictConfig) -> None:
     done = threading.Event()
     recorder = record_while_running(registry, done)
     try:
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=int(cfg.partition.num_clients),
-            backend_config=backend,
-        )
+        with stop_on_signals():
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=int(cfg.partition.num_clients),
+                backend_config=backend,
+            )
     finally:
         done.set()
         if recorder.is_alive():

@@ -17,6 +17,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from fedvssl.checkpoint import write_json
@@ -103,3 +105,32 @@ def stop_leftovers(registry: Path) -> list[int]:
         time.sleep(0.5)
         log.warning("stopped %d Ray processes left behind by a killed run: %s", len(stopped), stopped)
     return stopped
+
+
+def stop_descendants() -> list[int]:
+    """SIGKILL every process this one started, directly or not (Ray's, data loaders)."""
+    pids = descendants(os.getpid())
+    for pid in pids:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While inside, SIGINT and SIGTERM stop the processes this one started, then exit (128 + signal).
+
+    Completed rounds are on disk (atomic writes), so ``resume=true`` continues the run.
+    """
+
+    def handler(signum: int, _frame) -> None:
+        log.warning("%s: stopping the run and the processes it started", signal.Signals(signum).name)
+        stop_descendants()
+        os._exit(128 + signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

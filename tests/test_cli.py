@@ -278,13 +278,17 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, flower_env,
     assert [h["train_loss"] for h in h_full] == [h["train_loss"] for h in h_cut]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_stops_the_run_and_its_ray_processes(tmp_path, flower_env, world, sig):
+@pytest.mark.parametrize(
+    ("sig", "to_group"),
+    # `kill <pid>`; an interrupt to the job alone; Ctrl-C, which signals the whole process group
+    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGINT, True)],
+)
+def test_a_signal_stops_the_run_and_its_ray_processes(tmp_path, flower_env, world, sig, to_group):
     args = [*TINY, "num_rounds=50", "finetune=ucf101", f"dataset.root={world}", f"hydra.run.dir={tmp_path / 'run'}"]
     proc = start_until_round_one(args, tmp_path / "run", flower_env)
     try:
         assert len(process_group(proc.pid)) > 3, "Ray is not running"
-        os.kill(proc.pid, sig)
+        (os.killpg if to_group else os.kill)(proc.pid, sig)
         proc.wait(timeout=120)
         deadline = time.time() + 30
         while process_group(proc.pid) and time.time() < deadline:
