@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fedvssl.annotations import DOWNSTREAM_READERS
@@ -50,10 +50,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"{key} is required: add {key}=<value>")
     n = cfg.partition.num_clients
     _check(isinstance(n, int) and n >= 1, f"partition.num_clients={n} must be a positive integer")
-    try:  # the strategy checks its own settings; building it here makes them fail before any work
-        instantiate(cfg.strategy, num_clients=n, seed=0, _convert_="all")
-    except Exception as e:  # Hydra wraps the strategy's ValueError; keep its message
-        raise ConfigError(str(e.__cause__ or e)) from None
+    settings = OmegaConf.to_container(cfg.strategy, resolve=True)
+    try:  # the strategy class checks its own settings; asking it here makes them fail before any work
+        get_class(settings.pop("_target_")).check_settings(num_clients=n, **settings)
+    except (ValueError, TypeError, ImportError, AttributeError) as e:
+        raise ConfigError(str(e)) from None
     _integer(cfg.num_rounds, "num_rounds", 1)
     _integer(cfg.input.clip_len, "input.clip_len", 1)
     _integer(cfg.input.crop_size, "input.crop_size", 16)

@@ -50,6 +50,26 @@ class FedVSSL(FedAvg):
     model (use it with alpha=0, beta=0).
     """
 
+    @staticmethod
+    def check_settings(
+        alpha: float, beta: int, share: str, clients_per_round: int, num_clients: int, min_replies: int = 1, **_: object
+    ) -> None:
+        """The strategy's settings, checked once: here, by ``__init__`` and by the config check before any work."""
+        if not (isinstance(alpha, int | float) and not isinstance(alpha, bool) and 0.0 <= alpha <= 1.0):
+            raise ValueError(f"strategy.alpha={alpha} must be in [0, 1]")
+        if beta not in (0, 1) or isinstance(beta, bool):
+            raise ValueError(f"strategy.beta={beta} must be 0 or 1")
+        if share not in ("backbone", "full"):
+            raise ValueError(f"strategy.share={share!r} must be 'backbone' or 'full'")
+        if not (isinstance(clients_per_round, int) and 1 <= clients_per_round <= num_clients):
+            raise ValueError(
+                f"strategy.clients_per_round={clients_per_round} must be in [1, partition.num_clients={num_clients}]"
+            )
+        if not (isinstance(min_replies, int) and 1 <= min_replies <= clients_per_round):
+            raise ValueError(
+                f"strategy.min_replies={min_replies} must be in [1, clients_per_round={clients_per_round}]"
+            )
+
     def __init__(
         self,
         alpha: float,
@@ -66,20 +86,7 @@ class FedVSSL(FedAvg):
         keep_last: int = 0,
         keep_every: int = 0,
     ) -> None:
-        if not (isinstance(alpha, int | float) and not isinstance(alpha, bool) and 0.0 <= alpha <= 1.0):
-            raise ValueError(f"strategy.alpha={alpha} must be in [0, 1]")
-        if beta not in (0, 1) or isinstance(beta, bool):
-            raise ValueError(f"strategy.beta={beta} must be 0 or 1")
-        if share not in ("backbone", "full"):
-            raise ValueError(f"strategy.share={share!r} must be 'backbone' or 'full'")
-        if not (isinstance(clients_per_round, int) and 1 <= clients_per_round <= num_clients):
-            raise ValueError(
-                f"strategy.clients_per_round={clients_per_round} must be in [1, partition.num_clients={num_clients}]"
-            )
-        if not (isinstance(min_replies, int) and 1 <= min_replies <= clients_per_round):
-            raise ValueError(
-                f"strategy.min_replies={min_replies} must be in [1, clients_per_round={clients_per_round}]"
-            )
+        self.check_settings(alpha, beta, share, clients_per_round, num_clients, min_replies)
         super().__init__(
             fraction_train=clients_per_round / num_clients,
             fraction_evaluate=0.0,
