@@ -85,7 +85,7 @@ def simulate(cfg: DictConfig) -> None:
     from flwr.simulation import run_simulation
 
     from fedvssl.client_app import app as client_app
-    from fedvssl.processes import record_while_running, stop_leftovers, stop_on_signals
+    from fedvssl.processes import record_while_running, stop_descendants, stop_leftovers, stop_on_signals
     from fedvssl.server_app import app as server_app
 
     rt = cfg.runtime
@@ -106,6 +106,11 @@ def simulate(cfg: DictConfig) -> None:
                 num_supernodes=int(cfg.partition.num_clients),
                 backend_config=backend,
             )
+    except BaseException:
+        # Whatever ended the simulation early (Ray's own SIGTERM handler raises SystemExit,
+        # an error, an interrupt), leave none of the processes it started behind.
+        stop_descendants()
+        raise
     finally:
         done.set()
         if recorder.is_alive():

@@ -129,8 +129,19 @@ def stop_on_signals() -> Iterator[None]:
         os._exit(128 + signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # ray.init replaces the SIGTERM handler with one that only raises SystemExit, after
+    # which some of its processes outlive the run; keep ours in place while inside.
+    try:
+        import ray._private.utils as ray_utils
+    except ImportError:
+        ray_utils = None
+    ray_setter = getattr(ray_utils, "set_sigterm_handler", None)
+    if ray_setter is not None:
+        ray_utils.set_sigterm_handler = lambda _handler: None
     try:
         yield
     finally:
+        if ray_setter is not None:
+            ray_utils.set_sigterm_handler = ray_setter
         for sig, old in previous.items():
             signal.signal(sig, old)
