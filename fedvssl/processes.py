@@ -1,7 +1,7 @@
 """Processes of a run: Ray processes that outlive a killed run, and memory use.
 
-On SIGINT and SIGTERM, Flower's simulation shuts Ray down itself. A SIGKILLed run
-cannot: its Ray processes (GCS server, raylet, dashboard, workers) keep running. So
+On SIGINT and SIGTERM, :func:`stop_on_signals` stops every process the run started
+and exits. A SIGKILLed run cannot: its Ray processes (GCS server, raylet, dashboard, workers) keep running. So
 while a simulation runs, a background thread records the PIDs of the processes the
 run started (its children and theirs) with their command lines, in a registry file;
 the next run stops the recorded processes of any run whose driver is gone. Only
