@@ -5,8 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 ARGS ?=
-FLOWER_ENV := FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
-	FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0
+# Flower's environment (no telemetry, ...) is defined once, in fedvssl/run_setup.py (FLOWER_ENV):
+# the main job sets it, and so does tests/conftest.py for the test session.
 
 .PHONY: setup run test test-fast lint format
 
@@ -18,17 +18,17 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(FLOWER_ENV) FLWR_HOME=$${FLWR_HOME:-$$(mktemp -d)} $(BIN)/python -m fedvssl.main $(ARGS)
+	FLWR_HOME=$${FLWR_HOME:-$$(mktemp -d)} $(BIN)/python -m fedvssl.main $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(FLOWER_ENV) FLWR_HOME=$$(mktemp -d) $(BIN)/python -m pytest $(ARGS)
+	FLWR_HOME=$$(mktemp -d) $(BIN)/python -m pytest $(ARGS)
 
 # Everything but the tests marked slow (Ray, subprocesses, training): under 2 minutes.
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
-	$(FLOWER_ENV) FLWR_HOME=$$(mktemp -d) $(BIN)/python -m pytest -m "not slow" $(ARGS)
+	FLWR_HOME=$$(mktemp -d) $(BIN)/python -m pytest -m "not slow" $(ARGS)
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -20,9 +20,9 @@ import torch
 from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from fedvssl.aggregation import client_weights, weighted_average
-from fedvssl.model import R3D18
-from fedvssl.records import LazyArrays, numpy_to_record, record_to_numpy
+from fedvssl.federated.aggregation import client_weights, weighted_average
+from fedvssl.federated.records import LazyArrays, numpy_to_record, record_to_numpy
+from fedvssl.models.r3d import R3D18
 from fedvssl.ssl.ctp import CtPHead
 
 

@@ -25,10 +25,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from dataset_preparation.synthetic import ensure
-from fedvssl.annotations import read_kinetics_csv, read_ucf101
-from fedvssl.dataset import ClipsDataset, PretextDataset, uniform_clip_starts
+from fedvssl.data.datasets import ClipsDataset, PretextDataset
+from fedvssl.data.kinetics import read_kinetics_csv
+from fedvssl.data.samplers import uniform_clip_starts
+from fedvssl.data.ucf101 import read_ucf101
+from fedvssl.data.video import PyAVReader
 from fedvssl.ssl.speed import Speed
-from fedvssl.video import PyAVReader
 
 INPUTS = {"small": (8, 64), "paper": (16, 112)}
 

@@ -22,10 +22,10 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from dataset_preparation.synthetic import WorldSpec, ensure
 from fedvssl.config import CONF_DIR, build_method, validate
-from fedvssl.dataset import PretextDataset
-from fedvssl.evaluate import evaluate_states
-from fedvssl.sources import pretrain_list
-from fedvssl.training import train_epoch
+from fedvssl.data.datasets import PretextDataset
+from fedvssl.data.lists import pretrain_list
+from fedvssl.downstream.evaluate import evaluate_states
+from fedvssl.federated.training import train_epoch
 
 
 def main(argv: list[str] | None = None) -> None:

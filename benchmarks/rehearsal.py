@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_preparation import partition as P
 from dataset_preparation.synthetic import WorldSpec, ensure
-from fedvssl.annotations import read_kinetics_csv
-from fedvssl.main import FLOWER_ENV
+from fedvssl.data import partitions as P
+from fedvssl.data.kinetics import read_kinetics_csv
+from fedvssl.run_setup import FLOWER_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_ROUNDS = 540

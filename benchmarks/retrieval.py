@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from fedvssl.model import R3D18
-from fedvssl.retrieval import RETRIEVAL_POOL, recall_at_k
+from fedvssl.downstream.retrieval import RETRIEVAL_POOL, recall_at_k
+from fedvssl.models.r3d import R3D18
 
 KS = (1, 5, 10, 20, 50)
 

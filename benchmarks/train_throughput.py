@@ -27,9 +27,9 @@ from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader
 
 from dataset_preparation.synthetic import ensure
-from fedvssl.annotations import read_kinetics_csv
 from fedvssl.config import build_method
-from fedvssl.dataset import PretextDataset
+from fedvssl.data.datasets import PretextDataset
+from fedvssl.data.kinetics import read_kinetics_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 

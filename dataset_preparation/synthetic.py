@@ -17,8 +17,10 @@ import csv
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -283,8 +285,13 @@ def generate(root: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
     return root
 
 
-def ensure(root: str | Path, spec: WorldSpec = WorldSpec()) -> bool:
-    """Generate the world unless a complete copy with the same spec exists; True if generated."""
+def ensure(root: str | Path, spec: WorldSpec | Mapping[str, Any] = WorldSpec()) -> bool:
+    """Generate the world unless a complete copy with the same spec exists; True if generated.
+
+    ``spec`` may be a mapping of WorldSpec fields: the dataset config calls this through its
+    ``generate._target_`` with ``dataset.spec``.
+    """
+    spec = spec if isinstance(spec, WorldSpec) else WorldSpec(**spec)
     marker = Path(root) / MARKER
     if marker.is_file() and json.loads(marker.read_text()) == asdict(spec):
         return False

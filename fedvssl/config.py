@@ -12,7 +12,7 @@ from pathlib import Path
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fedvssl.annotations import DOWNSTREAM_READERS
+from fedvssl.data.lists import DOWNSTREAM_READERS
 from fedvssl.errors import ConfigError
 from fedvssl.ssl.base import SSLMethod
 

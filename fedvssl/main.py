@@ -6,10 +6,7 @@ Hydra multirun sweep). Everything a run produces lands in its Hydra run folder.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,76 +14,21 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fedvssl.annotations import read_class_index, read_partition
-from fedvssl.config import CONF_DIR, CONFIG_ENV, ConfigError, to_yaml, validate
-from fedvssl.errors import DataError, RunError, one_line_errors
+from fedvssl.config import CONF_DIR, ConfigError, validate
+from fedvssl.errors import RunError, one_line_errors
+from fedvssl.run_folder import RunFolder
+from fedvssl.run_setup import set_up_run
 
 log = logging.getLogger("fedvssl")
-
-
-FLOWER_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-}
-
-
-def prepare_data(cfg: DictConfig) -> None:
-    """Generate the embedded data if asked to, screen every list, write the client partitions.
-
-    All checks that can stop a run happen here, before Ray or any model starts.
-    """
-    from dataset_preparation import partition as P
-    from dataset_preparation.synthetic import WorldSpec, ensure
-    from fedvssl.checkpoint import write_json
-    from fedvssl.sources import pretrain_list, pretrain_root, screen_downstream, skipped, usable
-
-    if cfg.dataset.get("generate", False):
-        start = time.perf_counter()
-        if ensure(cfg.dataset.root, WorldSpec(**cfg.dataset.get("spec", {}))):
-            log.info("generated the synthetic dataset in %s (%.1f s)", cfg.dataset.root, time.perf_counter() - start)
-    unusable = []
-    for name in cfg.finetune.datasets:
-        unusable += screen_downstream(cfg, name)[3]
-
-    pcfg = cfg.partition
-    out = Path(pcfg.dir)
-    if pcfg.scheme == "published":
-        class_index = Path(pcfg.class_index)
-        classes = read_class_index(class_index)
-        records = []
-        for k in range(1, int(pcfg.num_clients) + 1):
-            records += read_partition(out / f"client_dist{k}.json", Path(cfg.dataset.pretrain.videos), classes)
-        unique = list({r.name: r for r in records}.values())
-        _, bad = usable(cfg, unique, "pretraining", pretrain_root(cfg))
-        unusable += skipped("pretraining", "train", bad)
-    else:
-        listed, classes = pretrain_list(cfg)
-        good, bad = usable(cfg, listed, "pretraining", pretrain_root(cfg))
-        unusable += skipped("pretraining", "train", bad)
-        items = [(P.item_name(r.name), r.label + 1) for r in good]
-        if cfg.dataset.pretrain.format == "kinetics_csv":
-            items.sort()  # as the partition command: the split does not depend on the CSV's row order
-        # UCF-101 keeps trainlist order, as the Flower baseline's split does.
-        try:
-            clients, params = P.split(
-                items, pcfg.scheme, int(pcfg.num_clients), int(pcfg.get("seed", 7)), float(pcfg.get("alpha", 0.5))
-            )
-        except ValueError as e:
-            raise DataError(f"partition: {e} ({pretrain_root(cfg)}: {len(items)} usable videos)") from None
-        meta = {"scheme": pcfg.scheme, **params, "sha256": P.checksum(items)}
-        P.write_partition(clients, [c.replace(" ", "_") for c in classes], out, meta)
-    write_json(Path(cfg.run.dir) / "unusable_videos.json", unusable)
 
 
 def simulate(cfg: DictConfig) -> None:
     """Run the ServerApp and ClientApp in Flower's simulation runtime on Ray."""
     from flwr.simulation import run_simulation
 
-    from fedvssl.client_app import app as client_app
+    from fedvssl.federated.client_app import app as client_app
+    from fedvssl.federated.server_app import app as server_app
     from fedvssl.processes import record_while_running, stop_descendants, stop_leftovers, stop_on_signals
-    from fedvssl.server_app import app as server_app
 
     rt = cfg.runtime
     backend = {
@@ -118,8 +60,9 @@ def simulate(cfg: DictConfig) -> None:
 
 
 def evaluate(cfg: DictConfig, checkpoint: Path) -> dict:
-    from fedvssl.checkpoints_io import load_backbone_state
-    from fedvssl.evaluate import evaluate_states
+    """Downstream scores of the final global backbone (and of its random-init control)."""
+    from fedvssl.downstream.evaluate import evaluate_states
+    from fedvssl.models.checkpoints import load_backbone_state
 
     states = {"pretrained": load_backbone_state(checkpoint)}
     if cfg.finetune.retrieval.compare_random_init:
@@ -127,54 +70,34 @@ def evaluate(cfg: DictConfig, checkpoint: Path) -> dict:
     return evaluate_states(cfg, states)
 
 
-def prepare_run(cfg: DictConfig) -> Path:
-    """Everything before federated training: environment, data, partitions, the apps' config file."""
-    from fedvssl.checkpoint import write_text
-
-    run_dir = Path(cfg.run.dir)
-    cfg.dataset.root = os.path.abspath(cfg.dataset.root)
-    if not sys.stdout.isatty():
-        cfg.runtime.progress = False
-    for key, value in FLOWER_ENV.items():
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("FLWR_HOME", str(run_dir / "flwr"))
-    prepare_data(cfg)
-    (run_dir / "stopped.txt").unlink(missing_ok=True)
-    config_path = run_dir / "fedvssl.yaml"
-    write_text(config_path, to_yaml(cfg))
-    os.environ[CONFIG_ENV] = str(config_path)
-    return config_path
-
-
 def run(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
-    from fedvssl.checkpoint import write_json, write_text
-    from fedvssl.results import history_frame, plot_history, results_markdown
+    from fedvssl.reports.plots import history_frame, plot_history
+    from fedvssl.reports.tables import results_markdown
 
-    run_dir = Path(cfg.run.dir)
-    if cfg.resume and not (run_dir / "fedvssl.yaml").is_file():
-        raise ConfigError(f"resume=true: {run_dir} holds no run to resume; give the run's folder as hydra.run.dir=...")
+    run = RunFolder(cfg.run.dir)
+    if cfg.resume and not run.config.is_file():
+        raise ConfigError(f"resume=true: {run.root} holds no run to resume; give the run's folder as hydra.run.dir=...")
     times = {}
     start = time.perf_counter()
-    prepare_run(cfg)
+    set_up_run(cfg)
     times["data_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    checkpoint = run_dir / "checkpoints" / f"round-{cfg.num_rounds}.npz"
-    stopped = run_dir / "stopped.txt"
+    checkpoint = run.checkpoint(cfg.num_rounds)
     try:
         simulate(cfg)
     except Exception:
-        if not stopped.is_file():
+        if run.stop_reason() is None:
             raise
     times["pretrain_s"] = time.perf_counter() - start
     if not checkpoint.is_file():
-        reason = stopped.read_text().strip() if stopped.is_file() else f"no {checkpoint}; see {run_dir / 'main.log'}"
+        reason = run.stop_reason() or f"no {checkpoint}; see {run.log}"
         raise RunError(f"the federated run stopped: {reason}")
-    history = json.loads((run_dir / "history.json").read_text())
-    history_frame(history).to_csv(run_dir / "history.csv", index=False)
-    plot_history(history, run_dir / "history.png")
+    history = run.read_history()
+    history_frame(history).to_csv(run.history_csv, index=False)
+    plot_history(history, run.history_plot)
 
     start = time.perf_counter()
     results = evaluate(cfg, checkpoint)
@@ -182,18 +105,13 @@ def run(cfg: DictConfig) -> dict:
     results["run"] = {
         "checkpoint": str(checkpoint),
         "rounds": int(cfg.num_rounds),
-        "pretraining_videos": sum(
-            h for h in json.loads((run_dir / "partition" / "manifest.json").read_text())["counts"]
-        )
-        if (run_dir / "partition" / "manifest.json").is_file()
-        else None,
+        "pretraining_videos": run.pretraining_videos(),
         "overrides": list(HydraConfig.get().overrides.task),
         "wall_time_s": {k: round(v, 2) for k, v in times.items()},
     }
-    write_json(run_dir / "results.json", results)
     text = results_markdown(results, list(cfg.finetune.retrieval.ks))
-    write_text(run_dir / "results.md", text)
-    print(f"\nAfter {cfg.num_rounds} rounds ({run_dir}):\n\n{text}")
+    run.write_results(results, text)
+    print(f"\nAfter {cfg.num_rounds} rounds ({run.root}):\n\n{text}")
     return results
 
 

@@ -13,14 +13,14 @@ from omegaconf import DictConfig
 
 from fedvssl.config import CONF_DIR, validate
 from fedvssl.errors import one_line_errors
-from fedvssl.main import prepare_run
+from fedvssl.run_setup import set_up_run
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     validate(cfg)
-    path = prepare_run(cfg)
+    path = set_up_run(cfg)
     print(path)
     print(f"""flwr run . <superlink> --run-config "config-path='{path}'" --stream""")
 

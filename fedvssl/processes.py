@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from fedvssl.checkpoint import write_json
+from fedvssl.files import write_json
 
 log = logging.getLogger(__name__)
 PROC = Path("/proc")

@@ -1,7 +1,14 @@
+import os
 from pathlib import Path
 
 import pytest
 from helpers import flower_env_for
+
+from fedvssl.run_setup import FLOWER_ENV
+
+# Flower in this process (strategies, apps) runs in the same environment as the main job.
+for _key, _value in FLOWER_ENV.items():
+    os.environ.setdefault(_key, _value)
 
 
 @pytest.fixture(scope="session")

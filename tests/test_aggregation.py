@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from fedvssl.aggregation import beta_step, client_weights, weighted_average
+from fedvssl.federated.aggregation import beta_step, client_weights, weighted_average
 
 # The worked example of the reference (fedvssl-algorithm.md, section 2.3).
 LOSSES = [0.5, 0.6, 0.7, 0.8, 0.9]

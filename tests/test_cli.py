@@ -17,7 +17,7 @@ import pytest
 import torch
 from helpers import ROOT, TAILS, process_group, run_main
 
-from fedvssl.checkpoint import load_npz
+from fedvssl.files import load_npz
 
 pytestmark = pytest.mark.slow  # every test runs the main job in a subprocess, most of them on Ray
 
@@ -157,8 +157,8 @@ def test_broken_data_is_skipped_and_reported(tmp_path, flower_env, broken_world)
 
 def test_published_partition_trains_only_on_usable_videos(tmp_path, flower_env, world):
     """A listed video that is missing is not trained on, and n_k counts only real videos."""
-    from dataset_preparation import partition as P
-    from fedvssl.annotations import read_kinetics_csv
+    from fedvssl.data import partitions as P
+    from fedvssl.data.kinetics import read_kinetics_csv
 
     records, classes = read_kinetics_csv(world / "kinetics400/annotations/train.csv", world / "kinetics400")
     items = sorted((P.item_name(r.name), r.label + 1) for r in records)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import ROOT
 
-from fedvssl.checkpoint import load_npz
+from fedvssl.files import load_npz
 
 pytestmark = pytest.mark.slow  # real SuperLink and SuperNode processes
 

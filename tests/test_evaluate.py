@@ -9,9 +9,9 @@ import pytest
 import torch
 from helpers import ROOT, run_main, run_module, write_layout
 
-from fedvssl.checkpoint import save_npz
-from fedvssl.finetune import accuracies, video_logits
-from fedvssl.model import R3D18
+from fedvssl.downstream.finetune import accuracies, video_logits
+from fedvssl.files import save_npz
+from fedvssl.models.r3d import R3D18
 
 TINY = ["input=tiny", "finetune=ucf101", "finetune.retrieval.num_clips=2", "runtime.eval_workers=0"]
 
@@ -108,7 +108,7 @@ def test_sweep_summary_and_paper_table(tmp_path, flower_env, world):
 
     frame = pd.read_csv(sweep / "summary.csv")
     assert list(frame["alpha"]) == [0.0, 1.0] and list(frame["beta"]) == [0, 1]
-    cmd = [sys.executable, "-m", "fedvssl.sweep"]
+    cmd = [sys.executable, "-m", "fedvssl.reports.sweep"]
     again = subprocess.run([*cmd, "summary", str(sweep)], cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 0 and "ucf101 R@1" in again.stdout
     paper = subprocess.run([*cmd, "paper", str(sweep)], cwd=ROOT, capture_output=True, text=True)
@@ -131,8 +131,8 @@ def test_fine_tuning_learns_above_chance(tmp_path):
     from hydra import compose, initialize_config_dir
 
     from dataset_preparation.synthetic import WorldSpec, generate
-    from fedvssl.finetune import finetune
-    from fedvssl.sources import downstream_splits
+    from fedvssl.data.lists import downstream_splits
+    from fedvssl.downstream.finetune import finetune
 
     root = generate(tmp_path / "w", WorldSpec(num_frames=16, class_colours=True, kinetics_per_class=1))
     overrides = [

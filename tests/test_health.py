@@ -8,9 +8,14 @@ import pytest
 import torch
 from helpers import make_speed
 
-from fedvssl.annotations import DataError, index_videos, read_hmdb51, read_kinetics_csv, read_partition, read_ucf101
-from fedvssl.dataset import ClipsDataset, PretextDataset
-from fedvssl.health import ProbeCache, enforce, screen
+from fedvssl.data.annotations import index_videos
+from fedvssl.data.client_dist import read_partition
+from fedvssl.data.datasets import ClipsDataset, PretextDataset
+from fedvssl.data.hmdb51 import read_hmdb51
+from fedvssl.data.kinetics import read_kinetics_csv
+from fedvssl.data.screening import ProbeCache, enforce, screen
+from fedvssl.data.ucf101 import read_ucf101
+from fedvssl.errors import DataError
 
 
 def kinetics(world):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.models.video import r3d_18
 
-from fedvssl.model import R3D18, load_backbone
+from fedvssl.models.r3d import R3D18, load_backbone
 from fedvssl.ssl.speed import Speed
 
 LAYOUT = [

@@ -8,7 +8,7 @@ import sys
 import pytest
 from helpers import ROOT
 
-from dataset_preparation.partition import dirichlet, iid, noniid, noniid_windows, ucf101_items, write_partition
+from fedvssl.data.partitions import dirichlet, iid, noniid, noniid_windows, ucf101_items, write_partition
 
 
 def class_items(counts):
@@ -41,7 +41,7 @@ def test_main_job_splits_ucf101_as_the_partition_command(tmp_path, world):
     """The main job's iid split of UCF-101 is Flower's: trainlist order, then the seeded shuffle."""
     from hydra import compose, initialize_config_dir
 
-    from fedvssl.main import prepare_data
+    from fedvssl.run_setup import prepare_data
 
     overrides = ["dataset=ucf101", f"dataset.root={world}", "partition.num_clients=3", f"run.dir={tmp_path}"]
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):

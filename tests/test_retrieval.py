@@ -2,7 +2,7 @@
 
 import torch
 
-from fedvssl.retrieval import recall_at_k
+from fedvssl.downstream.retrieval import recall_at_k
 
 
 def brute_force(q, ql, g, gl, k):

@@ -5,10 +5,10 @@ import pytest
 import torch
 from helpers import make_speed
 
-from fedvssl.annotations import read_kinetics_csv
-from fedvssl.dataset import PretextDataset
+from fedvssl.data.datasets import PretextDataset
+from fedvssl.data.kinetics import read_kinetics_csv
+from fedvssl.federated.training import train_epoch
 from fedvssl.ssl.speed import STRIDES
-from fedvssl.training import train_epoch
 
 
 @pytest.mark.parametrize("label", range(len(STRIDES)))

@@ -6,13 +6,13 @@ import torch
 from helpers import ROOT, TAILS
 from hydra import compose, initialize_config_dir
 
-from fedvssl.annotations import read_kinetics_csv
 from fedvssl.config import build_method
-from fedvssl.dataset import PretextDataset
+from fedvssl.data.datasets import PretextDataset
+from fedvssl.data.kinetics import read_kinetics_csv
+from fedvssl.federated.training import train_epoch
 from fedvssl.ssl.ctp import PatchTrajectories, box_deltas, box_iou, decode_deltas, paste_patches, walk
 from fedvssl.ssl.motion import interpolate, sample_key_frames
 from fedvssl.ssl.vcop import PERMUTATIONS
-from fedvssl.training import train_epoch
 
 # Tiny inputs per method: CtP's head needs 9-16 frames, the others run on 4.
 TINY = {"ctp": (16, 32), "vcop": (4, 32), "speed": (4, 32)}

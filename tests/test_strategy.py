@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
-from fedvssl.checkpoint import load_npz
-from fedvssl.records import numpy_to_record, record_to_numpy
-from fedvssl.strategy import FedVSSL
+from fedvssl.federated.records import numpy_to_record, record_to_numpy
+from fedvssl.federated.strategy import FedVSSL
+from fedvssl.files import load_npz
 
 
 @pytest.fixture(autouse=True)
@@ -146,7 +146,7 @@ def test_checkpoint_retention_keeps_the_newest_and_every_kth(tmp_path):
     import os
     import stat
 
-    from fedvssl.server_app import completed_rounds
+    from fedvssl.run_folder import RunFolder
 
     strategy = FedVSSL(0.0, 0, "backbone", 2, 3, seed=7, out_dir=tmp_path, keep_last=2, keep_every=4)
     state = numpy_to_record({"backbone.w": np.ones(2, np.float32)})
@@ -157,7 +157,7 @@ def test_checkpoint_retention_keeps_the_newest_and_every_kth(tmp_path):
         strategy.start_round += 1  # as the next round of one run
     kept = sorted(int(f.stem.split("-")[1]) for f in (tmp_path / "checkpoints").glob("round-*.npz"))
     assert kept == [4, 8, 9]
-    assert completed_rounds(tmp_path)[0] == 9
+    assert RunFolder(tmp_path).completed_rounds()[0] == 9
     umask = os.umask(0o022)
     os.umask(umask)
     mode = stat.S_IMODE((tmp_path / "checkpoints" / "round-9.npz").stat().st_mode)

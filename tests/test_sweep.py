@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedvssl.sweep import job_rows, over_seeds, write_summary
+from fedvssl.reports.sweep import job_rows, over_seeds, write_summary
 
 
 def write_job(folder, overrides, seed, ours, control, clients=4):

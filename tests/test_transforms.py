@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedvssl import transforms as T
-from fedvssl.dataset import random_clip_indices
+from fedvssl.data import transforms as T
+from fedvssl.data.samplers import random_clip_indices
 
 
 def test_hsv_matches_opencv_convention_and_round_trips():

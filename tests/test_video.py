@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dataset_preparation.synthetic import WorldSpec, render_video, write_video
-from fedvssl.video import DecordReader, FallbackReader, PyAVReader, make_reader
+from fedvssl.data.video import DecordReader, FallbackReader, PyAVReader, make_reader
 
 
 @pytest.fixture(scope="module")

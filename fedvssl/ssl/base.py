@@ -17,10 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedvssl.model import R3D18
-from fedvssl.video import VideoReader
-
-REFERENCE_CROP = 112
+from fedvssl.data.video import VideoReader
+from fedvssl.models.r3d import R3D18
 
 
 class PretextModel(nn.Module):
@@ -48,10 +46,6 @@ class SSLMethod(ABC):
         self.crop_size = int(crop_size)
         self.optimizer = dict(optimizer)
 
-    def px(self, size_at_112: float) -> int:
-        """A pixel size given at the reference 112 crop, scaled to this run's crop."""
-        return max(1, round(size_at_112 * self.crop_size / REFERENCE_CROP))
-
     def build_model(self, seed: int) -> PretextModel:
         """The full model, initialised from ``seed`` so every client starts identically."""
         with torch.random.fork_rng(devices=[]):
@@ -77,9 +71,3 @@ class SSLMethod(ABC):
     @abstractmethod
     def loss(self, model: PretextModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """The total pretext loss and extra metrics (such as ``accuracy``) of one batch."""
-
-
-def read_clip(reader: VideoReader, path: str, indices: np.ndarray) -> np.ndarray:
-    """Decode each distinct frame once, in sorted order, then restore the requested order."""
-    unique, inverse = np.unique(np.asarray(indices), return_inverse=True)
-    return reader.get_frames(path, unique)[inverse]

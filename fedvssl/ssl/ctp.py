@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
-from fedvssl import transforms as T
-from fedvssl.dataset import random_clip_indices
-from fedvssl.ssl.base import PretextModel, SSLMethod, read_clip
+from fedvssl.data import transforms as T
+from fedvssl.data.samplers import random_clip_indices, read_clip
+from fedvssl.data.transforms import at_crop, crop_scale
+from fedvssl.data.video import VideoReader
+from fedvssl.ssl.base import PretextModel, SSLMethod
 from fedvssl.ssl.motion import interpolate, sample_key_frames
-from fedvssl.video import VideoReader
 
 TARGET_STDS = (0.8, 0.8, 0.04, 0.04)
 SHAPES = ("rectangle", "ellipse", "rhombus")
@@ -236,9 +237,9 @@ class CtP(SSLMethod):
         if crop_size % 8:
             raise ValueError(f"CtP needs input.crop_size divisible by 8, got {crop_size}")
         self.strides = list(strides)
-        self.scales = [max(self.crop_size, self.px(s)) for s in scales]
+        self.scales = [at_crop(s, self.crop_size, minimum=self.crop_size) for s in scales]
         self.flip_p = flip_p
-        scale = self.crop_size / 112.0  # patch geometry is given at the reference 112 crop
+        scale = crop_scale(self.crop_size)  # patch geometry is given at the reference 112 crop
         self.trajectories = PatchTrajectories(
             scales=[s * scale for s in patch["scales"]],
             ratios=patch["ratios"],

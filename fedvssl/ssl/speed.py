@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedvssl import transforms as T
-from fedvssl.model import ClsHead
-from fedvssl.ssl.base import PretextModel, SSLMethod, read_clip
-from fedvssl.video import VideoReader
+from fedvssl.data.presets import TrainPreset
+from fedvssl.data.samplers import read_clip
+from fedvssl.data.transforms import at_crop
+from fedvssl.data.video import VideoReader
+from fedvssl.models.heads import ClsHead
+from fedvssl.ssl.base import PretextModel, SSLMethod
 
 STRIDES = (-4, -2, -1, 0, 1, 2, 4)
 
@@ -38,11 +40,8 @@ class Speed(SSLMethod):
         dropout: float,
     ) -> None:
         super().__init__(clip_len, crop_size, optimizer)
-        self.scales = [max(self.crop_size, self.px(s)) for s in scales]
-        self.flip_p = flip_p
-        self.brightness = tuple(brightness)
-        self.contrast = tuple(contrast)
-        self.hue_saturation = tuple(hue_saturation)
+        self.scales = [at_crop(s, self.crop_size, minimum=self.crop_size) for s in scales]
+        self.augment = TrainPreset(self.scales, self.crop_size, flip_p, brightness, contrast, hue_saturation)
         self.dropout = dropout
 
     def build_head(self) -> nn.Module:
@@ -59,16 +58,8 @@ class Speed(SSLMethod):
 
     def sample(self, reader: VideoReader, path: str, num_frames: int, rng: np.random.Generator) -> dict[str, Any]:
         label = int(rng.integers(len(STRIDES)))
-        clip = T.to_clip(read_clip(reader, path, self.indices(num_frames, label, rng)))
-        clip = T.resize_short_side(clip, int(rng.choice(self.scales)))
-        clip = T.random_flip(clip, self.flip_p, rng)
-        # Cropping before the per-pixel jitters gives the same result as the reference
-        # order (jitter, then crop) at a fraction of the cost.
-        clip = T.random_crop(clip, self.crop_size, rng)
-        clip = T.random_brightness(clip, *self.brightness, rng)
-        clip = T.random_contrast(clip, *self.contrast, rng)
-        clip = T.random_hue_saturation(clip, *self.hue_saturation, rng)
-        return {"imgs": T.normalize(clip), "label": label}
+        frames = read_clip(reader, path, self.indices(num_frames, label, rng))
+        return {"imgs": self.augment(frames, rng), "label": label}
 
     def loss(self, model: PretextModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         logits = model.pretext_head(model.backbone(batch["imgs"]))

@@ -15,9 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedvssl import transforms as T
-from fedvssl.ssl.base import PretextModel, SSLMethod, read_clip
-from fedvssl.video import VideoReader
+from fedvssl.data import transforms as T
+from fedvssl.data.samplers import read_clip
+from fedvssl.data.transforms import at_crop
+from fedvssl.data.video import VideoReader
+from fedvssl.ssl.base import PretextModel, SSLMethod
 
 PERMUTATIONS = list(itertools.permutations(range(3)))  # lexicographic, 6 classes
 PAIRS = ((0, 1), (0, 2), (1, 2))
@@ -56,7 +58,7 @@ class VCOP(SSLMethod):
     ) -> None:
         super().__init__(clip_len, crop_size, optimizer)
         self.interval = int(interval)
-        self.resize_hw = (max(self.crop_size, self.px(resize_hw[0])), max(self.crop_size, self.px(resize_hw[1])))
+        self.resize_hw = tuple(at_crop(s, self.crop_size, minimum=self.crop_size) for s in resize_hw)
         self.dropout = dropout
 
     def build_head(self) -> nn.Module:

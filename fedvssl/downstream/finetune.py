@@ -21,11 +21,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from fedvssl import transforms as T
-from fedvssl.annotations import VideoRecord
-from fedvssl.dataset import ClipsDataset, VideoDataset, random_clip_indices
-from fedvssl.model import R3D18, ClsHead, device_of, load_backbone, to_device
-from fedvssl.ssl.base import REFERENCE_CROP, read_clip
+from fedvssl.data.annotations import VideoRecord
+from fedvssl.data.datasets import ClipsDataset, VideoDataset
+from fedvssl.data.presets import TrainPreset
+from fedvssl.data.samplers import random_clip_indices, read_clip
+from fedvssl.data.transforms import at_crop
+from fedvssl.models.device import device_of, to_device
+from fedvssl.models.heads import ClsHead
+from fedvssl.models.r3d import R3D18, load_backbone
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +52,8 @@ class TrainClips(VideoDataset):
         super().__init__(records, cfg.runtime.decode_backend)
         t = cfg.finetune.training
         self.clip_len, self.crop, self.stride = int(cfg.input.clip_len), int(cfg.input.crop_size), int(t.stride)
-        scale = self.crop / REFERENCE_CROP
-        self.sizes_hw = [(max(self.crop, round(h * scale)), max(self.crop, round(w * scale))) for w, h in t.scales_wh]
-        self.flip_p = float(t.flip_p)
-        self.brightness, self.contrast = tuple(t.brightness), tuple(t.contrast)
-        self.hue_saturation = tuple(t.hue_saturation)
+        sizes_hw = [(at_crop(h, self.crop, self.crop), at_crop(w, self.crop, self.crop)) for w, h in t.scales_wh]
+        self.augment = TrainPreset(sizes_hw, self.crop, t.flip_p, t.brightness, t.contrast, t.hue_saturation)
         self.seed = tuple(int(s) for s in seed)
 
     def load(self, i: int) -> dict[str, Any]:
@@ -61,14 +61,7 @@ class TrainClips(VideoDataset):
         rec = self.records[i]
         n = self.reader.num_frames(rec.path)
         idx = random_clip_indices(n, self.clip_len, [self.stride], False, rng)
-        clip = T.to_clip(read_clip(self.reader, rec.path, idx))
-        clip = T.resize(clip, *self.sizes_hw[int(rng.integers(len(self.sizes_hw)))])
-        clip = T.random_flip(clip, self.flip_p, rng)
-        clip = T.random_crop(clip, self.crop, rng)  # before the per-pixel jitters: same result, less work
-        clip = T.random_brightness(clip, *self.brightness, rng)
-        clip = T.random_contrast(clip, *self.contrast, rng)
-        clip = T.random_hue_saturation(clip, *self.hue_saturation, rng)
-        return {"imgs": T.normalize(clip), "label": rec.label}
+        return {"imgs": self.augment(read_clip(self.reader, rec.path, idx), rng), "label": rec.label}
 
 
 def build_classifier(state: Mapping[str, np.ndarray] | None, num_classes: int, dropout: float, seed: int):
@@ -153,8 +146,7 @@ def finetune(
         losses.append(total / max(seen, 1))
         log.info("fine-tune epoch %d: loss %.4f", epoch + 1, losses[-1])
     r = cfg.finetune.retrieval
-    scale = cfg.input.crop_size / REFERENCE_CROP
-    resize_hw = (round(r.resize_hw[0] * scale), round(r.resize_hw[1] * scale))
+    resize_hw = (at_crop(r.resize_hw[0], cfg.input.crop_size), at_crop(r.resize_hw[1], cfg.input.crop_size))
     clips = ClipsDataset(
         test,
         cfg.input.clip_len,

@@ -15,6 +15,18 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Pixel sizes in the configs are given at the reference's 112 crop; they scale with the run's crop.
+REFERENCE_CROP = 112
+
+
+def crop_scale(crop: int) -> float:
+    """How much a size given at the reference 112 crop grows or shrinks at a ``crop`` crop."""
+    return crop / REFERENCE_CROP
+
+
+def at_crop(size: float, crop: int, minimum: int = 1) -> int:
+    """A pixel size given at the reference 112 crop, at a ``crop`` crop (at least ``minimum``)."""
+    return max(minimum, round(size * crop / REFERENCE_CROP))
 
 
 def to_clip(frames: np.ndarray) -> torch.Tensor:

@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
-import numpy as np
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from hydra.utils import instantiate
 
-from fedvssl.checkpoint import load_npz
 from fedvssl.config import CONFIG_KEY, build_method, server_config, to_yaml
-from fedvssl.records import numpy_to_record
-from fedvssl.training import shared_keys, state_to_numpy
+from fedvssl.federated.records import numpy_to_record
+from fedvssl.federated.training import shared_keys, state_to_numpy
+from fedvssl.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 app = ServerApp()
-
-
-def completed_rounds(run_dir: Path) -> tuple[int, dict[str, np.ndarray] | None, list[dict]]:
-    """The last round whose checkpoint and history entry are both on disk."""
-    history_file = run_dir / "history.json"
-    history = json.loads(history_file.read_text()) if history_file.is_file() else []
-    for i in range(len(history) - 1, -1, -1):
-        checkpoint = run_dir / "checkpoints" / f"round-{history[i]['round']}.npz"
-        if checkpoint.is_file():
-            return int(history[i]["round"]), load_npz(checkpoint), history[: i + 1]
-    return 0, None, []
 
 
 @app.main()
@@ -38,7 +24,7 @@ def main(grid: Grid, context: Context) -> None:
     initial = state_to_numpy(model, shared_keys(model, cfg.strategy.share))
     done, history = 0, []
     if cfg.get("resume", False):
-        done, saved, history = completed_rounds(Path(cfg.run.dir))
+        done, saved, history = RunFolder(cfg.run.dir).completed_rounds()
         if saved is not None:
             if list(saved) != list(initial):
                 raise ValueError(f"{cfg.run.dir}: the checkpoint of round {done} does not match this configuration")

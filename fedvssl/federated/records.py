@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
+
+from fedvssl.files import npy_header
 
 
 def record_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -22,15 +23,10 @@ class LazyArrays(Mapping):
     def __getitem__(self, key: str) -> np.ndarray:
         # A read-only view on the message bytes: no copy (Array.numpy() would make one).
         data = self.record[key].data
-        f = io.BytesIO(data)
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        shape, fortran, dtype, offset = npy_header(data)
         if dtype.hasobject:
             raise ValueError(f"tensor {key} holds Python objects")
-        arr = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=f.tell())
+        arr = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=offset)
         return arr.reshape(shape, order="F" if fortran else "C")
 
     def __iter__(self):

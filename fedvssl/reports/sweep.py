@@ -3,11 +3,11 @@
 - ``SweepSummary``: a Hydra callback (configured in ``conf/config.yaml``) that writes
   ``summary.md``, ``summary.csv`` and ``summary.png`` into the multirun folder when
   the sweep ends.
-- ``python -m fedvssl.sweep summary <multirun dir>``: the same, for any folder.
+- ``python -m fedvssl.reports.sweep summary <multirun dir>``: the same, for any folder.
 - Both pool jobs that differ only in ``seed=`` (``seeds.csv`` and a second table in
   ``summary.md``): mean ± std of R@1/5/10 (and fine-tuning top-1) for the pretrained backbone and for its
   random-init control, and the paired gain.
-- ``python -m fedvssl.sweep paper <run or multirun dir>``: our R@1 and top-1 beside
+- ``python -m fedvssl.reports.sweep paper <run or multirun dir>``: our R@1 and top-1 beside
   the published FedVSSL numbers of the same (alpha, beta) variant.
 """
 
@@ -23,25 +23,31 @@ import pandas as pd
 import yaml
 from hydra.experimental.callback import Callback
 
+from fedvssl.run_folder import RunFolder
+
 METRICS = ("R@1", "R@5", "R@10", "R@20", "R@50")
 SEED_METRICS = ("R@1", "R@5", "R@10", "top1")
 CONTROL = "random_init"  # the seeded random-init backbone every main job also evaluates
 
 
+def job_folders(folder: Path) -> list[RunFolder]:
+    """The run folders below ``folder`` that hold results, in path order."""
+    name = RunFolder(folder).results.name
+    return [RunFolder(f.parent) for f in sorted(Path(folder).rglob(name), key=lambda p: str(p))]
+
+
 def job_rows(folder: Path) -> pd.DataFrame:
     """One row per job folder holding a ``results.json``: its overrides and its downstream numbers."""
     rows = []
-    for results_file in sorted(Path(folder).rglob("results.json"), key=lambda p: str(p)):
-        job = results_file.parent
-        results = json.loads(results_file.read_text())
+    for job in job_folders(folder):
+        results = json.loads(job.results.read_text())
         run = results.get("run", {})
         row: dict[str, Any] = {
-            "job": str(job.relative_to(folder)) or ".",
+            "job": str(job.root.relative_to(folder)) or ".",
             "overrides": " ".join(run.get("overrides", [])),
         }
-        config = job / "fedvssl.yaml"
-        if config.is_file():
-            cfg = yaml.safe_load(config.read_text())
+        if job.config.is_file():
+            cfg = yaml.safe_load(job.config.read_text())
             strategy = cfg.get("strategy", {})
             row.update(alpha=strategy.get("alpha"), beta=strategy.get("beta"), share=strategy.get("share"))
             row.update(seed=cfg.get("seed"), clients=cfg.get("partition", {}).get("num_clients"))
@@ -144,14 +150,14 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
         folder = Path(config.hydra.sweep.dir)
-        if any(folder.rglob("results.json")):
+        if job_folders(folder):
             _, pooled = write_summary(folder)
             if not pooled.empty:
                 print(f"\nOver seeds ({folder / 'summary.md'}):\n\n{markdown(pooled)}")
 
 
 def paper_table(folder: Path) -> str:
-    paper = pd.read_csv(resources.files("fedvssl").joinpath("data/paper_results.csv"))
+    paper = pd.read_csv(resources.files("fedvssl.reports").joinpath("paper_results.csv"))
     ours = job_rows(folder)
     lines = [
         "| variant | ours UCF R@1 | paper UCF R@1 | ours HMDB R@1 | paper HMDB R@1 "

@@ -4,7 +4,7 @@ A run probes each listed video once (the result is cached by path, size and mtim
 drops the unusable ones, reports them once with the first few paths, and stops
 with one line naming the dataset root when more than ``max_bad_fraction`` of a
 list, or all of it, is unusable. Anything a probe misses is still caught while
-loading: see :class:`fedvssl.dataset.PretextDataset`.
+loading: see :class:`fedvssl.data.datasets.PretextDataset`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedvssl.annotations import DataError, VideoRecord
-from fedvssl.checkpoint import write_json
-from fedvssl.video import VideoReader, make_reader
+from fedvssl.data.annotations import VideoRecord
+from fedvssl.data.video import VideoReader, make_reader
+from fedvssl.errors import DataError
+from fedvssl.files import write_json
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from fedvssl.errors import CheckpointError
-from fedvssl.model import BACKBONE_PREFIX, R3D18
+from fedvssl.files import npy_header
+from fedvssl.models.r3d import BACKBONE_PREFIX, R3D18
 
 try:  # NumPy 2
     from numpy._core.multiarray import _reconstruct
@@ -51,13 +52,10 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def _read_member(data: bytes) -> np.ndarray:
-    f = io.BytesIO(data)
-    version = np.lib.format.read_magic(f)
-    header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    _, _, dtype = header(f)
+    _, _, dtype, offset = npy_header(data)
     if not dtype.hasobject:
         return np.load(io.BytesIO(data), allow_pickle=False)
-    return RestrictedUnpickler(f).load()
+    return RestrictedUnpickler(io.BytesIO(data[offset:])).load()
 
 
 def read_npz_arrays(path: str | Path) -> dict[str, np.ndarray]:

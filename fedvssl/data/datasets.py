@@ -1,4 +1,4 @@
-"""Torch datasets over video files, and CtP's frame samplers.
+"""Torch datasets over video files.
 
 Nothing is extracted to frames beforehand: each item decodes just the frames it
 needs. A video that fails to decode while loading is replaced by the next usable
@@ -10,38 +10,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fedvssl import transforms as T
-from fedvssl.annotations import DataError, VideoRecord
-from fedvssl.ssl.base import SSLMethod, read_clip
-from fedvssl.video import VideoReader, make_reader
+from fedvssl.data import transforms as T
+from fedvssl.data.annotations import VideoRecord
+from fedvssl.data.samplers import read_clip, uniform_clip_starts
+from fedvssl.data.video import VideoReader, make_reader
+from fedvssl.errors import DataError
 
 log = logging.getLogger(__name__)
 MAX_REPLACEMENTS = 10
 
 
-def random_clip_indices(
-    num_frames: int, clip_len: int, strides: Sequence[int], temporal_jitter: bool, rng: np.random.Generator
-) -> np.ndarray:
-    """CtP's RandomFrameSampler for one clip: random stride, start, optional per-frame jitter."""
-    stride = int(rng.choice(list(strides)))
-    jitter = rng.integers(0, stride, size=clip_len) if temporal_jitter and stride > 1 else np.zeros(clip_len, int)
-    span = stride * (clip_len - 1) + 1
-    start = int(rng.integers(0, num_frames - span + 1)) if span < num_frames else 0
-    return np.minimum(start + np.arange(clip_len) * stride + jitter, num_frames - 1)
+class ExampleSampler(Protocol):
+    """What :class:`PretextDataset` needs of a pretext method (every ``fedvssl.ssl`` method is one).
 
+    A protocol rather than ``SSLMethod`` itself, so that the data stage does not import the ssl stage.
+    """
 
-def uniform_clip_starts(num_frames: int, clip_len: int, stride: int, num_clips: int) -> np.ndarray:
-    """CtP's UniformFrameSampler offsets (base = clip_len * stride, as in the reference)."""
-    delta = num_frames - clip_len * stride + 1
-    if delta <= 0:
-        return np.zeros(num_clips, dtype=np.int64)
-    tick = delta / num_clips
-    return np.array([int(tick / 2.0 + tick * k) for k in range(num_clips)], dtype=np.int64)
+    def sample(self, reader: VideoReader, path: str, num_frames: int, rng: np.random.Generator) -> dict[str, Any]: ...
 
 
 class VideoDataset(Dataset):
@@ -89,7 +80,9 @@ class PretextDataset(VideoDataset):
     clips and augmentations every round, yet every run with the same seed repeats.
     """
 
-    def __init__(self, records: Sequence[VideoRecord], method: SSLMethod, backend: str, seed: Sequence[int]) -> None:
+    def __init__(
+        self, records: Sequence[VideoRecord], method: ExampleSampler, backend: str, seed: Sequence[int]
+    ) -> None:
         super().__init__(records, backend)
         self.method = method
         self.seed = tuple(int(s) for s in seed)

@@ -17,12 +17,13 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from fedvssl.annotations import DataError, read_partition
-from fedvssl.checkpoint import load_tensors, save_tensors
-from fedvssl.dataset import PretextDataset
-from fedvssl.model import BACKBONE_PREFIX, device_of, to_device
+from fedvssl.data.client_dist import read_partition
+from fedvssl.data.datasets import PretextDataset
+from fedvssl.errors import DataError
+from fedvssl.models.device import device_of, to_device
+from fedvssl.models.r3d import BACKBONE_PREFIX
 from fedvssl.processes import rss_mb
-from fedvssl.sources import drop_unusable
+from fedvssl.run_folder import RunFolder
 from fedvssl.ssl.base import PretextModel, SSLMethod
 
 log = logging.getLogger(__name__)
@@ -54,33 +55,6 @@ def load_shared(model: torch.nn.Module, arrays: Mapping[str, np.ndarray], keys: 
         if tuple(v.shape) != tuple(sd[k].shape):
             raise ValueError(f"global model entry {k} has shape {tuple(v.shape)}, expected {tuple(sd[k].shape)}")
         sd[k].copy_(torch.from_numpy(np.asarray(v)))
-
-
-class HeadStore:
-    """A client's local tensors on disk, one file per participation round.
-
-    Loading takes the newest file from *before* the current round, so a round redone
-    after a crash starts from the same head as the first attempt. Files older than
-    that one are removed, so at most two stay per client.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def rounds(self) -> list[int]:
-        if not self.folder.is_dir():
-            return []
-        return sorted(int(f.stem.split("-")[1]) for f in self.folder.glob("round-*.pt"))
-
-    def load_before(self, server_round: int) -> dict[str, torch.Tensor] | None:
-        earlier = [r for r in self.rounds() if r < server_round]
-        return load_tensors(self.folder / f"round-{earlier[-1]}.pt") if earlier else None
-
-    def save(self, server_round: int, state: dict[str, torch.Tensor]) -> None:
-        save_tensors(self.folder / f"round-{server_round}.pt", state)
-        earlier = [r for r in self.rounds() if r < server_round]
-        for r in earlier[:-1]:
-            (self.folder / f"round-{r}.pt").unlink(missing_ok=True)
 
 
 def inject_fault(cfg: DictConfig, partition_id: int, server_round: int) -> None:
@@ -145,8 +119,8 @@ def local_train(
     # Dropout and any other torch randomness: fixed per (seed, round, client), whatever
     # this process (a Ray actor serving many clients) ran before.
     torch.manual_seed(seed_of(int(cfg.seed), server_round, partition_id))
-    heads = HeadStore(Path(cfg.run.dir) / "clients" / f"client-{partition_id:04d}")
-    if share != "full" and (head := heads.load_before(server_round)) is not None:
+    run = RunFolder(cfg.run.dir)
+    if share != "full" and (head := run.load_head_before(partition_id, server_round)) is not None:
         model.load_state_dict(head, strict=False)
     load_shared(model, global_arrays, keys)
     model.to(device)
@@ -155,11 +129,12 @@ def local_train(
     listed = read_partition(partition_file, Path(cfg.dataset.pretrain.videos))
     # Missing and unusable videos (screened by the main job) are not trained on, so
     # n_k counts the videos this client really has.
-    records = drop_unusable(listed, Path(cfg.run.dir) / "unusable_videos.json")
+    unusable = run.unusable_paths()
+    records = [r for r in listed if r.path and r.path not in unusable]
     if not records:
         raise DataError(
             f"client {partition_id}: none of the {len(listed)} videos in {partition_file} is usable "
-            f"(first: {listed[0].name}); see unusable_videos.json"
+            f"(first: {listed[0].name}); see {run.unusable.name}"
         )
     dataset = PretextDataset(records, method, cfg.runtime.decode_backend, seed=(cfg.seed, server_round, partition_id))
     workers = int(cfg.runtime.num_workers)
@@ -176,7 +151,7 @@ def local_train(
 
     if share != "full":
         sd = model.state_dict()
-        heads.save(server_round, {k: v for k, v in sd.items() if k not in keys})
+        run.save_head(partition_id, server_round, {k: v for k, v in sd.items() if k not in keys})
     metrics["train-time"] = time.perf_counter() - start
     metrics["rss-mb"] = rss_mb()  # of the process serving this client (a Ray actor in simulation)
     log.info("client %d round %d: %s", partition_id, server_round, metrics)

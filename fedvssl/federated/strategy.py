@@ -13,7 +13,6 @@ import random
 import re
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -21,10 +20,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from tqdm import tqdm
 
-from fedvssl.aggregation import beta_step, client_weights, weighted_average
-from fedvssl.checkpoint import prune_rounds, save_npz, write_json
+from fedvssl.federated.aggregation import beta_step, client_weights, weighted_average
+from fedvssl.federated.records import LazyArrays, numpy_to_record, record_to_numpy
 from fedvssl.processes import rss_mb
-from fedvssl.records import LazyArrays, numpy_to_record, record_to_numpy
+from fedvssl.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +97,8 @@ class FedVSSL(FedAvg):
         self.min_replies = min_replies
         # On resume, Flower's loop restarts at 1: rounds are shifted by the completed ones.
         self.start_round = start_round
-        self.out_dir = Path(out_dir) if out_dir else None
+        # Checkpoints, history and the reason for an early stop go to the run folder (none: memory only).
+        self.run = RunFolder(out_dir) if out_dir else None
         # Checkpoint retention (checkpoints.keep_last / keep_every; keep_last=0 keeps every round).
         self.keep_last, self.keep_every = keep_last, keep_every
         self.history: list[dict] = list(history or [])
@@ -178,8 +178,8 @@ class FedVSSL(FedAvg):
                 f"round {server_round}: {len(valid)} of {len(valid) + len(failed)} clients replied, fewer than "
                 f"strategy.min_replies={self.min_replies}; first failure: {first}"
             )
-            if self.out_dir is not None:
-                (self.out_dir / "stopped.txt").write_text(message.splitlines()[0] + "\n")
+            if self.run is not None:
+                self.run.record_stop(message)
             raise RuntimeError(message)
         # Replies arrive in completion order; sorting by partition id makes the float sums,
         # and so the global model, independent of timing (resume relies on this).
@@ -215,11 +215,11 @@ class FedVSSL(FedAvg):
             }
         )
         self.history.append(entry)
-        if self.out_dir is not None:
-            save_npz(self.out_dir / "checkpoints" / f"round-{server_round}.npz", aggregate)
-            write_json(self.out_dir / "history.json", self.history)
+        if self.run is not None:
+            self.run.save_checkpoint(server_round, aggregate)
+            self.run.write_history(self.history)
             if self.keep_last:
-                prune_rounds(self.out_dir / "checkpoints", self.keep_last, self.keep_every)
+                self.run.prune_checkpoints(self.keep_last, self.keep_every)
         log.info(
             "round %d: weights %s, losses %s", server_round, np.round(weights, 4).tolist(), np.round(losses, 4).tolist()
         )

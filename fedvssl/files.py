@@ -8,6 +8,7 @@ in the same folder and is renamed into place, so a reader never sees half a file
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -50,19 +51,13 @@ def save_npz(path: str | Path, state: Mapping[str, np.ndarray]) -> None:
     _atomic(Path(path), lambda f: np.savez(f, **{k: np.asarray(v) for k, v in state.items()}))
 
 
-def prune_rounds(folder: Path, keep_last: int, keep_every: int) -> list[int]:
-    """Delete ``round-<r>.npz`` files except the newest ``keep_last`` and every ``keep_every``-th round.
-
-    Called after a round's checkpoint and history are both written, so the newest
-    checkpoint (the final one at the end, and the one a resume starts from) always stays.
-    Returns the rounds deleted.
-    """
-    rounds = sorted(int(f.stem.split("-")[1]) for f in Path(folder).glob("round-*.npz"))
-    keep = set(rounds[-keep_last:]) | {r for r in rounds if keep_every and r % keep_every == 0}
-    gone = [r for r in rounds if r not in keep]
-    for r in gone:
-        (Path(folder) / f"round-{r}.npz").unlink(missing_ok=True)
-    return gone
+def npy_header(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """Shape, Fortran order, dtype and data offset of the ``.npy`` bytes ``data`` (format 1.0 or 2.0)."""
+    f = io.BytesIO(data)
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(f)
+    return shape, fortran, dtype, f.tell()
 
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:

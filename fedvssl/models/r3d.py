@@ -1,5 +1,4 @@
-"""R3D-18 backbone in CtP's exact state_dict layout, the classification head shared by
-Speed and fine-tuning, and device placement.
+"""R3D-18 backbone in CtP's exact state_dict layout.
 
 The module names follow CtP (``stem.conv``, ``layerN.M.conv1.conv``, ``bn1``,
 ``downsample_bn`` ...), so checkpoints of CtP and FedVSSL load key for key, and the
@@ -90,29 +89,3 @@ def load_backbone(backbone: R3D18, state: dict[str, torch.Tensor]) -> None:
     """Strictly load a backbone from a state that may carry the ``backbone.`` prefix."""
     stripped = {k.removeprefix(BACKBONE_PREFIX): v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
     backbone.load_state_dict(stripped or state, strict=True)
-
-
-class ClsHead(nn.Module):
-    """TSN classification head; ``fc_cls`` is its only state (2 entries)."""
-
-    def __init__(self, num_classes: int, dropout: float) -> None:
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool3d(1)
-        self.dropout = nn.Dropout(dropout)
-        self.fc_cls = nn.Linear(512, num_classes)
-        nn.init.normal_(self.fc_cls.weight, 0.0, 0.001)
-        nn.init.zeros_(self.fc_cls.bias)
-
-    def forward(self, feat: torch.Tensor) -> torch.Tensor:
-        return self.fc_cls(self.dropout(self.pool(feat).flatten(1)))
-
-
-def device_of(name: str) -> torch.device:
-    """``runtime.device``: cpu, cuda, cuda:N, or auto (cuda where available)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from fedvssl.annotations import DOWNSTREAM_READERS, DataError, VideoRecord, read_kinetics_csv, read_ucf101
-from fedvssl.health import ProbeCache, Problem, enforce, screen
+from fedvssl.data.annotations import VideoRecord
+from fedvssl.data.hmdb51 import read_hmdb51
+from fedvssl.data.kinetics import read_kinetics_csv
+from fedvssl.data.screening import ProbeCache, Problem, enforce, screen
+from fedvssl.data.ucf101 import read_ucf101
+from fedvssl.errors import DataError
+
+# The downstream datasets and their readers (finetune.datasets is a subset of these names).
+DOWNSTREAM_READERS = {"ucf101": read_ucf101, "hmdb51": read_hmdb51}
 
 
 def usable(
@@ -65,10 +71,3 @@ def downstream_splits(cfg: DictConfig, name: str) -> tuple[list[VideoRecord], li
 def skipped(dataset: str, split: str, problems: list[Problem]) -> list[dict[str, str]]:
     """Entries of the run's ``unusable_videos.json``: every skipped video, where it was listed, and why."""
     return [{"dataset": dataset, "split": split, "name": p.name, "path": p.path, "reason": p.reason} for p in problems]
-
-
-def drop_unusable(records: list[VideoRecord], unusable_file: Path) -> list[VideoRecord]:
-    """The records whose file exists and is not listed as unusable in ``unusable_file`` (if present)."""
-    listed = json.loads(unusable_file.read_text()) if unusable_file.is_file() else []
-    bad = {entry["path"] for entry in listed if entry.get("path")}
-    return [r for r in records if r.path and r.path not in bad]

@@ -7,8 +7,8 @@ from flwr.clientapp import ClientApp
 from omegaconf import OmegaConf
 
 from fedvssl.config import CONFIG_KEY, build_method, from_yaml
-from fedvssl.records import numpy_to_record, record_to_numpy
-from fedvssl.training import local_train
+from fedvssl.federated.records import numpy_to_record, record_to_numpy
+from fedvssl.federated.training import local_train
 
 app = ClientApp()
 

@@ -1,0 +1,77 @@
+"""Downstream evaluation of backbones on UCF-101 and HMDB-51: retrieval, and fine-tuning.
+
+The command is ``fedvssl.evaluate``; the main job calls :func:`evaluate_states` after pretraining.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from fedvssl.data.annotations import VideoRecord
+from fedvssl.data.datasets import ClipsDataset
+from fedvssl.data.lists import downstream_splits
+from fedvssl.data.transforms import at_crop
+from fedvssl.downstream.retrieval import extract_features, recall_at_k
+from fedvssl.models.device import device_of
+from fedvssl.models.r3d import R3D18, load_backbone
+
+log = logging.getLogger(__name__)
+State = Mapping[str, np.ndarray] | None
+
+
+def build_backbone(state: State, seed: int) -> R3D18:
+    """The standard-stride backbone, from a state or (``None``) the seeded random init."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        backbone = R3D18(ctp_strides=False)
+    if state is not None:
+        load_backbone(backbone, {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+    return backbone
+
+
+def _loader(records: list[VideoRecord], cfg: DictConfig) -> DataLoader:
+    r = cfg.finetune.retrieval
+    resize_hw = (at_crop(r.resize_hw[0], cfg.input.crop_size), at_crop(r.resize_hw[1], cfg.input.crop_size))
+    ds = ClipsDataset(
+        records, cfg.input.clip_len, r.stride, r.num_clips, resize_hw, cfg.input.crop_size, cfg.runtime.decode_backend
+    )
+    return DataLoader(ds, batch_size=int(r.batch_size), num_workers=int(cfg.runtime.eval_workers))
+
+
+def evaluate_states(cfg: DictConfig, states: Mapping[str, State]) -> dict[str, dict]:
+    """Per downstream dataset: retrieval (and fine-tuning if enabled) of each named backbone state.
+
+    The first state's scores sit at the top of the dataset's entry; the others (such
+    as ``random_init``) under their names.
+    """
+    from fedvssl.downstream.finetune import finetune
+
+    results: dict[str, dict] = {}
+    ks = list(cfg.finetune.retrieval.ks)
+    for name in cfg.finetune.datasets:
+        train, test, classes = downstream_splits(cfg, name)
+        entry: dict = {"queries": len(test), "gallery": len(train), "classes": len(classes)}
+        start = time.perf_counter()
+        backbones = {tag: build_backbone(state, int(cfg.seed)) for tag, state in states.items()}
+        device = str(device_of(cfg.runtime.device))
+        g, gl = extract_features(backbones, _loader(train, cfg), device, progress=cfg.runtime.progress)
+        q, ql = extract_features(backbones, _loader(test, cfg), device, progress=cfg.runtime.progress)
+        seconds = round((time.perf_counter() - start) / len(states), 2)
+        for i, (tag, state) in enumerate(states.items()):
+            scores: dict = {"retrieval": recall_at_k(q[tag], ql, g[tag], gl, ks), "time_s": seconds}
+            if cfg.finetune.training.enabled:
+                scores["finetune"] = finetune(cfg, train, test, len(classes), state)
+            if i == 0:
+                entry.update(scores)
+            else:
+                entry[tag] = scores
+            log.info("%s %s: %s", name, tag, {k: v for k, v in scores.items() if k != "time_s"})
+        results[name] = entry
+    return results

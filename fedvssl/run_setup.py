@@ -1,0 +1,101 @@
+"""Everything before federated training, shared by ``fedvssl.main`` and ``fedvssl.prepare``.
+
+``set_up_run`` readies the environment, generates the embedded data if the dataset
+config asks for it, screens every video list, writes the client partitions, and
+writes the resolved config that the ServerApp and ClientApps read. All checks that
+can stop a run happen here, before Ray or any model starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from fedvssl.config import CONFIG_ENV, to_yaml
+from fedvssl.data import partitions as P
+from fedvssl.data.annotations import read_class_index
+from fedvssl.data.client_dist import read_partition
+from fedvssl.data.lists import pretrain_list, pretrain_root, screen_downstream, skipped, usable
+from fedvssl.errors import DataError
+from fedvssl.run_folder import RunFolder
+
+log = logging.getLogger("fedvssl")
+
+# The one definition of the environment Flower runs in (the Makefile and the tests use it too).
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+}
+
+
+def generate_data(cfg: DictConfig) -> None:
+    """``dataset.generate``: a callable (``_target_``) that makes the data on first use, or null.
+
+    The embedded synthetic world names ``dataset_preparation.synthetic.ensure`` there,
+    so fedvssl itself never imports ``dataset_preparation``.
+    """
+    if cfg.dataset.get("generate"):
+        start = time.perf_counter()
+        if instantiate(cfg.dataset.generate, _convert_="all"):
+            log.info("generated the synthetic dataset in %s (%.1f s)", cfg.dataset.root, time.perf_counter() - start)
+
+
+def prepare_data(cfg: DictConfig) -> None:
+    """Generate the embedded data if asked to, screen every list, write the client partitions."""
+    generate_data(cfg)
+    unusable = []
+    for name in cfg.finetune.datasets:
+        unusable += screen_downstream(cfg, name)[3]
+
+    pcfg = cfg.partition
+    out = Path(pcfg.dir)
+    if pcfg.scheme == "published":
+        class_index = Path(pcfg.class_index)
+        classes = read_class_index(class_index)
+        records = []
+        for k in range(1, int(pcfg.num_clients) + 1):
+            records += read_partition(out / f"client_dist{k}.json", Path(cfg.dataset.pretrain.videos), classes)
+        unique = list({r.name: r for r in records}.values())
+        _, bad = usable(cfg, unique, "pretraining", pretrain_root(cfg))
+        unusable += skipped("pretraining", "train", bad)
+    else:
+        listed, classes = pretrain_list(cfg)
+        good, bad = usable(cfg, listed, "pretraining", pretrain_root(cfg))
+        unusable += skipped("pretraining", "train", bad)
+        items = [(P.item_name(r.name), r.label + 1) for r in good]
+        if cfg.dataset.pretrain.format == "kinetics_csv":
+            items.sort()  # as the partition command: the split does not depend on the CSV's row order
+        # UCF-101 keeps trainlist order, as the Flower baseline's split does.
+        try:
+            clients, params = P.split(
+                items, pcfg.scheme, int(pcfg.num_clients), int(pcfg.get("seed", 7)), float(pcfg.get("alpha", 0.5))
+            )
+        except ValueError as e:
+            raise DataError(f"partition: {e} ({pretrain_root(cfg)}: {len(items)} usable videos)") from None
+        meta = {"scheme": pcfg.scheme, **params, "sha256": P.checksum(items)}
+        P.write_partition(clients, [c.replace(" ", "_") for c in classes], out, meta)
+    RunFolder(cfg.run.dir).write_unusable(unusable)
+
+
+def set_up_run(cfg: DictConfig) -> Path:
+    """Environment, data, partitions, and the apps' config file (whose path it returns)."""
+    run = RunFolder(cfg.run.dir)
+    cfg.dataset.root = os.path.abspath(cfg.dataset.root)
+    if not sys.stdout.isatty():
+        cfg.runtime.progress = False
+    for key, value in FLOWER_ENV.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("FLWR_HOME", str(run.flwr_home))
+    prepare_data(cfg)
+    run.clear_stop()
+    config_path = run.write_config(to_yaml(cfg))
+    os.environ[CONFIG_ENV] = str(config_path)
+    return config_path
