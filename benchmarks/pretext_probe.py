@@ -26,6 +26,7 @@ from fedvssl.data.datasets import PretextDataset
 from fedvssl.data.lists import pretrain_list
 from fedvssl.downstream.evaluate import evaluate_states
 from fedvssl.federated.training import train_epoch
+from fedvssl.settings import evaluation_settings, pretrain_source
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg.dataset.root = str(Path(cfg.dataset.root).resolve())
     method = build_method(cfg)
     model = method.build_model(int(cfg.seed))
-    records, _ = pretrain_list(cfg)
+    records, _ = pretrain_list(pretrain_source(cfg))
     batch = int(cfg.train.batch_size)
     steps_per_epoch = len(records) // batch
     start, step, epoch = time.perf_counter(), 0, 0
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         scores = {k: round(v, 3) for k, v in metrics.items() if k not in ("num-examples", "bad-videos")}
         print(f"epoch {epoch} step {step} {scores} {time.perf_counter() - start:.0f} s", flush=True)
     state = {k: v.numpy() for k, v in model.state_dict().items() if k.startswith("backbone.")}
-    results = evaluate_states(cfg, {"pretrained": state, "random_init": None})
+    results = evaluate_states(evaluation_settings(cfg), {"pretrained": state, "random_init": None})
     for name, entry in results.items():
         ours, control = entry["retrieval"], entry["random_init"]["retrieval"]
         print(f"{name} ({entry['queries']} queries): R@1/5/10 pretrained", [round(ours[k], 1) for k in ours][:3])

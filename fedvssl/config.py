@@ -55,6 +55,8 @@ def validate(cfg: DictConfig) -> None:
         get_class(settings.pop("_target_")).check_settings(num_clients=n, **settings)
     except (ValueError, TypeError, ImportError, AttributeError) as e:
         raise ConfigError(str(e)) from None
+    _integer(cfg.seed, "seed", 0)
+    _integer(cfg.partition.get("seed", 0), "partition.seed", 0)
     _integer(cfg.num_rounds, "num_rounds", 1)
     _integer(cfg.input.clip_len, "input.clip_len", 1)
     _integer(cfg.input.crop_size, "input.crop_size", 16)
@@ -100,6 +102,28 @@ def validate(cfg: DictConfig) -> None:
 def build_method(cfg: DictConfig) -> SSLMethod:
     """Instantiate ``cfg.ssl`` at this run's clip length and crop size."""
     return instantiate(cfg.ssl, clip_len=cfg.input.clip_len, crop_size=cfg.input.crop_size, _convert_="all")
+
+
+def client_config(cfg: DictConfig) -> DictConfig:
+    """The part of the run config a client uses: what the server sends it with every round.
+
+    The keys keep their places, so a SuperNode's own paths (``client_app.NODE_OVERRIDES``)
+    apply to it as to the full config.
+    """
+    return OmegaConf.create(
+        {
+            "seed": cfg.seed,
+            "ssl": cfg.ssl,
+            "input": cfg.input,
+            "runtime": cfg.runtime,
+            "train": cfg.train,
+            "fault": cfg.get("fault", {}),
+            "strategy": {"share": cfg.strategy.share},
+            "partition": {"dir": cfg.partition.dir},
+            "dataset": {"pretrain": {"videos": cfg.dataset.pretrain.videos}},
+            "run": {"dir": cfg.run.dir},
+        }
+    )
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -28,13 +28,14 @@ def main(cfg: DictConfig) -> None:
     from fedvssl.models.checkpoints import load_backbone_state
     from fedvssl.reports.tables import results_markdown
     from fedvssl.run_setup import generate_data
+    from fedvssl.settings import evaluation_settings
 
     validate(cfg)
     generate_data(cfg)
     checkpoint = cfg.get("checkpoint")
     states = {"pretrained": load_backbone_state(checkpoint)} if checkpoint else {"random_init": None}
     start = time.perf_counter()
-    results = evaluate_states(cfg, states)
+    results = evaluate_states(evaluation_settings(cfg), states)
     results["run"] = {
         "checkpoint": str(checkpoint) if checkpoint else None,
         "overrides": list(HydraConfig.get().overrides.task),

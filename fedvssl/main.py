@@ -45,7 +45,7 @@ def simulate(cfg: DictConfig) -> None:
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
-                num_supernodes=int(cfg.partition.num_clients),
+                num_supernodes=cfg.partition.num_clients,
                 backend_config=backend,
             )
     except BaseException:
@@ -63,11 +63,13 @@ def evaluate(cfg: DictConfig, checkpoint: Path) -> dict:
     """Downstream scores of the final global backbone (and of its random-init control)."""
     from fedvssl.downstream.evaluate import evaluate_states
     from fedvssl.models.checkpoints import load_backbone_state
+    from fedvssl.settings import evaluation_settings
 
+    settings = evaluation_settings(cfg)
     states = {"pretrained": load_backbone_state(checkpoint)}
-    if cfg.finetune.retrieval.compare_random_init:
+    if settings.retrieval.compare_random_init:
         states["random_init"] = None
-    return evaluate_states(cfg, states)
+    return evaluate_states(settings, states)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -104,7 +106,7 @@ def run(cfg: DictConfig) -> dict:
     times["evaluation_s"] = time.perf_counter() - start
     results["run"] = {
         "checkpoint": str(checkpoint),
-        "rounds": int(cfg.num_rounds),
+        "rounds": cfg.num_rounds,
         "pretraining_videos": run.pretraining_videos(),
         "overrides": list(HydraConfig.get().overrides.task),
         "wall_time_s": {k: round(v, 2) for k, v in times.items()},

@@ -20,10 +20,12 @@ from omegaconf import DictConfig
 from fedvssl.config import CONFIG_ENV, to_yaml
 from fedvssl.data import partitions as P
 from fedvssl.data.annotations import read_class_index
-from fedvssl.data.client_dist import read_partition
-from fedvssl.data.lists import pretrain_list, pretrain_root, screen_downstream, skipped, usable
+from fedvssl.data.client_dist import client_file, read_partition
+from fedvssl.data.lists import pretrain_list, screen_downstream
+from fedvssl.data.screening import skipped, usable
 from fedvssl.errors import DataError
 from fedvssl.run_folder import RunFolder
+from fedvssl.settings import downstream_set, pretrain_source, screening
 
 log = logging.getLogger("fedvssl")
 
@@ -51,9 +53,10 @@ def generate_data(cfg: DictConfig) -> None:
 def prepare_data(cfg: DictConfig) -> None:
     """Generate the embedded data if asked to, screen every list, write the client partitions."""
     generate_data(cfg)
+    checks, source = screening(cfg), pretrain_source(cfg)
     unusable = []
     for name in cfg.finetune.datasets:
-        unusable += screen_downstream(cfg, name)[3]
+        unusable += screen_downstream(downstream_set(cfg, name), checks)[3]
 
     pcfg = cfg.partition
     out = Path(pcfg.dir)
@@ -61,25 +64,25 @@ def prepare_data(cfg: DictConfig) -> None:
         class_index = Path(pcfg.class_index)
         classes = read_class_index(class_index)
         records = []
-        for k in range(1, int(pcfg.num_clients) + 1):
-            records += read_partition(out / f"client_dist{k}.json", Path(cfg.dataset.pretrain.videos), classes)
+        for k in range(1, pcfg.num_clients + 1):
+            records += read_partition(client_file(out, k), Path(source.videos), classes)
         unique = list({r.name: r for r in records}.values())
-        _, bad = usable(cfg, unique, "pretraining", pretrain_root(cfg))
+        _, bad = usable(unique, "pretraining", source.videos_root, checks)
         unusable += skipped("pretraining", "train", bad)
     else:
-        listed, classes = pretrain_list(cfg)
-        good, bad = usable(cfg, listed, "pretraining", pretrain_root(cfg))
+        listed, classes = pretrain_list(source)
+        good, bad = usable(listed, "pretraining", source.videos_root, checks)
         unusable += skipped("pretraining", "train", bad)
         items = [(P.item_name(r.name), r.label + 1) for r in good]
-        if cfg.dataset.pretrain.format == "kinetics_csv":
+        if source.format == "kinetics_csv":
             items.sort()  # as the partition command: the split does not depend on the CSV's row order
         # UCF-101 keeps trainlist order, as the Flower baseline's split does.
         try:
             clients, params = P.split(
-                items, pcfg.scheme, int(pcfg.num_clients), int(pcfg.get("seed", 7)), float(pcfg.get("alpha", 0.5))
+                items, pcfg.scheme, pcfg.num_clients, pcfg.get("seed", 7), float(pcfg.get("alpha", 0.5))
             )
         except ValueError as e:
-            raise DataError(f"partition: {e} ({pretrain_root(cfg)}: {len(items)} usable videos)") from None
+            raise DataError(f"partition: {e} ({source.videos_root}: {len(items)} usable videos)") from None
         meta = {"scheme": pcfg.scheme, **params, "sha256": P.checksum(items)}
         P.write_partition(clients, [c.replace(" ", "_") for c in classes], out, meta)
     RunFolder(cfg.run.dir).write_unusable(unusable)

@@ -133,6 +133,7 @@ def test_fine_tuning_learns_above_chance(tmp_path):
     from dataset_preparation.synthetic import WorldSpec, generate
     from fedvssl.data.lists import downstream_splits
     from fedvssl.downstream.finetune import finetune
+    from fedvssl.settings import evaluation_settings
 
     root = generate(tmp_path / "w", WorldSpec(num_frames=16, class_colours=True, kinetics_per_class=1))
     overrides = [
@@ -149,7 +150,9 @@ def test_fine_tuning_learns_above_chance(tmp_path):
     ]
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides)
-    train, test, classes = downstream_splits(cfg, "ucf101")
-    result = finetune(cfg, train, test, len(classes), None)
+    settings = evaluation_settings(cfg)
+    [ucf101] = [ds for ds in settings.datasets if ds.name == "ucf101"]
+    train, test, classes = downstream_splits(ucf101, settings.screening)
+    result = finetune(settings, train, test, len(classes), None)
     assert result["train_loss"][-1] < 0.85 * result["train_loss"][0], result["train_loss"]
     assert result["top1"] >= 100 * 7 / 32, result  # chance is 4 of 32 test videos

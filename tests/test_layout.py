@@ -29,6 +29,7 @@ STAGES = {
     "fedvssl.models": 2,
     "fedvssl.ssl": 3,
     "fedvssl.config": 4,
+    "fedvssl.settings": 4,
     "fedvssl.federated": 5,
     "fedvssl.downstream": 6,
     "fedvssl.reports": 7,

@@ -9,6 +9,11 @@ from fedvssl.data.annotations import VideoRecord, index_videos
 from fedvssl.errors import DataError
 
 
+def client_file(folder: Path, client: int) -> Path:
+    """The partition file of client ``client`` (1-based, as the published files)."""
+    return Path(folder) / f"client_dist{client}.json"
+
+
 def read_partition(json_path: Path, video_root: Path, classes: list[str] | None = None) -> list[VideoRecord]:
     """A FedVSSL ``client_dist<k>.json``: a list of ``{"name": "<class_dir>/<stem>", "label": 1..N}``.
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from fedvssl.data.annotations import VIDEO_EXTENSIONS, read_class_index
+from fedvssl.data.client_dist import client_file
 from fedvssl.data.kinetics import read_kinetics_csv
 from fedvssl.data.ucf101 import read_ucf101
 from fedvssl.files import write_json, write_text
@@ -117,7 +118,7 @@ def item_name(name: str) -> str:
 def write_partition(clients: list[list[Item]], classes: list[str], out: Path, meta: dict) -> Path:
     out = Path(out)
     for k, records in enumerate(clients, start=1):
-        write_json(out / f"client_dist{k}.json", [{"name": n, "label": lab} for n, lab in records])
+        write_json(client_file(out, k), [{"name": n, "label": lab} for n, lab in records])
     write_text(out / "classInd.txt", "".join(f"{i} {c}\n" for i, c in enumerate(classes, start=1)))
     manifest = {
         **meta,

@@ -9,6 +9,7 @@ loading: see :class:`fedvssl.data.datasets.PretextDataset`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -24,6 +25,18 @@ from fedvssl.errors import DataError
 from fedvssl.files import write_json
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScreeningSettings:
+    """How lists are screened (``data.*``), and the clip length a video must reach."""
+
+    min_frames: int
+    decode_backend: str
+    probe: bool  # decode the first and last frame of every video once (cached)
+    probe_workers: int
+    probe_cache: str  # folder of the probe caches
+    max_bad_fraction: float
 
 
 @dataclass(frozen=True)
@@ -131,3 +144,25 @@ def enforce(what: str, root: str | Path, total: int, problems: Sequence[Problem]
             f"more than dataset.max_bad_fraction={max_bad_fraction}; first: {first}"
         )
     log.warning("%s: skipping %d of %d %s videos (%s); first: %s", root, len(problems), total, what, summary, first)
+
+
+def usable(
+    records: list[VideoRecord], what: str, root: str, settings: ScreeningSettings
+) -> tuple[list[VideoRecord], list[Problem]]:
+    """Screen ``records`` (listed under ``root``); stop if too many are unusable."""
+    cache_file = Path(settings.probe_cache) / f"probe-{hashlib.sha1(str(root).encode()).hexdigest()[:16]}.json"
+    good, bad = screen(
+        records,
+        min_frames=settings.min_frames,
+        backend=settings.decode_backend,
+        probe_files=settings.probe,
+        cache=ProbeCache(cache_file),
+        workers=settings.probe_workers,
+    )
+    enforce(what, root, len(records), bad, settings.max_bad_fraction)
+    return good, bad
+
+
+def skipped(dataset: str, split: str, problems: list[Problem]) -> list[dict[str, str]]:
+    """Entries of the run's list of unusable videos: every skipped video, where it was listed, and why."""
+    return [{"dataset": dataset, "split": split, "name": p.name, "path": p.path, "reason": p.reason} for p in problems]

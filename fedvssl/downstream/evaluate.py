@@ -11,16 +11,15 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from fedvssl.data.annotations import VideoRecord
-from fedvssl.data.datasets import ClipsDataset
 from fedvssl.data.lists import downstream_splits
-from fedvssl.data.transforms import at_crop
 from fedvssl.downstream.retrieval import extract_features, recall_at_k
+from fedvssl.downstream.views import view_loader
 from fedvssl.models.device import device_of
 from fedvssl.models.r3d import R3D18, load_backbone
+from fedvssl.settings import EvaluationSettings
 
 log = logging.getLogger(__name__)
 State = Mapping[str, np.ndarray] | None
@@ -36,16 +35,12 @@ def build_backbone(state: State, seed: int) -> R3D18:
     return backbone
 
 
-def _loader(records: list[VideoRecord], cfg: DictConfig) -> DataLoader:
-    r = cfg.finetune.retrieval
-    resize_hw = (at_crop(r.resize_hw[0], cfg.input.crop_size), at_crop(r.resize_hw[1], cfg.input.crop_size))
-    ds = ClipsDataset(
-        records, cfg.input.clip_len, r.stride, r.num_clips, resize_hw, cfg.input.crop_size, cfg.runtime.decode_backend
-    )
-    return DataLoader(ds, batch_size=int(r.batch_size), num_workers=int(cfg.runtime.eval_workers))
+def _loader(records: list[VideoRecord], s: EvaluationSettings) -> DataLoader:
+    r = s.retrieval
+    return view_loader(records, s.clips, r.stride, r.num_clips, r.resize_hw, r.batch_size)
 
 
-def evaluate_states(cfg: DictConfig, states: Mapping[str, State]) -> dict[str, dict]:
+def evaluate_states(s: EvaluationSettings, states: Mapping[str, State]) -> dict[str, dict]:
     """Per downstream dataset: retrieval (and fine-tuning if enabled) of each named backbone state.
 
     The first state's scores sit at the top of the dataset's entry; the others (such
@@ -54,20 +49,21 @@ def evaluate_states(cfg: DictConfig, states: Mapping[str, State]) -> dict[str, d
     from fedvssl.downstream.finetune import finetune
 
     results: dict[str, dict] = {}
-    ks = list(cfg.finetune.retrieval.ks)
-    for name in cfg.finetune.datasets:
-        train, test, classes = downstream_splits(cfg, name)
+    ks = s.retrieval.ks
+    for ds in s.datasets:
+        name = ds.name
+        train, test, classes = downstream_splits(ds, s.screening)
         entry: dict = {"queries": len(test), "gallery": len(train), "classes": len(classes)}
         start = time.perf_counter()
-        backbones = {tag: build_backbone(state, int(cfg.seed)) for tag, state in states.items()}
-        device = str(device_of(cfg.runtime.device))
-        g, gl = extract_features(backbones, _loader(train, cfg), device, progress=cfg.runtime.progress)
-        q, ql = extract_features(backbones, _loader(test, cfg), device, progress=cfg.runtime.progress)
+        backbones = {tag: build_backbone(state, s.seed) for tag, state in states.items()}
+        device = str(device_of(s.clips.device))
+        g, gl = extract_features(backbones, _loader(train, s), device, progress=s.clips.progress)
+        q, ql = extract_features(backbones, _loader(test, s), device, progress=s.clips.progress)
         seconds = round((time.perf_counter() - start) / len(states), 2)
         for i, (tag, state) in enumerate(states.items()):
             scores: dict = {"retrieval": recall_at_k(q[tag], ql, g[tag], gl, ks), "time_s": seconds}
-            if cfg.finetune.training.enabled:
-                scores["finetune"] = finetune(cfg, train, test, len(classes), state)
+            if s.finetune.enabled:
+                scores["finetune"] = finetune(s, train, test, len(classes), state)
             if i == 0:
                 entry.update(scores)
             else:

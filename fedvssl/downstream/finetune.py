@@ -16,19 +16,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from fedvssl.data.annotations import VideoRecord
-from fedvssl.data.datasets import ClipsDataset, VideoDataset
+from fedvssl.data.datasets import VideoDataset
 from fedvssl.data.presets import TrainPreset
 from fedvssl.data.samplers import random_clip_indices, read_clip
 from fedvssl.data.transforms import at_crop
+from fedvssl.downstream.views import view_loader
 from fedvssl.models.device import device_of, to_device
 from fedvssl.models.heads import ClsHead
 from fedvssl.models.r3d import R3D18, load_backbone
+from fedvssl.settings import ClipInput, EvaluationSettings, FinetuneSettings
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,11 @@ class TSNClassifier(nn.Module):
 class TrainClips(VideoDataset):
     """One random clip per video per epoch with the fine-tuning augmentations."""
 
-    def __init__(self, records: Sequence[VideoRecord], cfg: DictConfig, seed: Sequence[int]) -> None:
-        super().__init__(records, cfg.runtime.decode_backend)
-        t = cfg.finetune.training
-        self.clip_len, self.crop, self.stride = int(cfg.input.clip_len), int(cfg.input.crop_size), int(t.stride)
+    def __init__(
+        self, records: Sequence[VideoRecord], clips: ClipInput, t: FinetuneSettings, seed: Sequence[int]
+    ) -> None:
+        super().__init__(records, clips.decode_backend)
+        self.clip_len, self.crop, self.stride = clips.clip_len, clips.crop_size, t.stride
         sizes_hw = [(at_crop(h, self.crop, self.crop), at_crop(w, self.crop, self.crop)) for w, h in t.scales_wh]
         self.augment = TrainPreset(sizes_hw, self.crop, t.flip_p, t.brightness, t.contrast, t.hue_saturation)
         self.seed = tuple(int(s) for s in seed)
@@ -103,34 +105,34 @@ def video_logits(
 
 
 def finetune(
-    cfg: DictConfig,
+    s: EvaluationSettings,
     train: Sequence[VideoRecord],
     test: Sequence[VideoRecord],
     num_classes: int,
     state: Mapping[str, np.ndarray] | None,
 ) -> dict[str, Any]:
     """Train the classifier for ``finetune.training.epochs`` and test it with uniform clips."""
-    t, seed = cfg.finetune.training, int(cfg.seed)
-    device = device_of(cfg.runtime.device)
+    t, clips, seed = s.finetune, s.clips, s.seed
+    device = device_of(clips.device)
     start = time.perf_counter()
-    model = build_classifier(state, num_classes, float(t.dropout), seed).to(device)
+    model = build_classifier(state, num_classes, t.dropout, seed).to(device)
     if t.linear_probe:
         for p in model.backbone.parameters():
             p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(t.milestones), gamma=0.1)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=t.milestones, gamma=0.1)
     torch.manual_seed(seed)
     losses = []
-    for epoch in tqdm(range(int(t.epochs)), desc="fine-tune", disable=not cfg.runtime.progress):
+    for epoch in tqdm(range(t.epochs), desc="fine-tune", disable=not clips.progress):
         model.train()
         if t.linear_probe:
             model.backbone.eval()  # frozen means frozen BatchNorm statistics too
         loader = DataLoader(
-            TrainClips(train, cfg, seed=(seed, epoch)),
-            batch_size=int(t.batch_size),
+            TrainClips(train, clips, t, seed=(seed, epoch)),
+            batch_size=t.batch_size,
             shuffle=True,
-            num_workers=int(cfg.runtime.eval_workers),
+            num_workers=clips.eval_workers,
             generator=torch.Generator().manual_seed(seed * 1000 + epoch),
         )
         total, seen = 0.0, 0
@@ -139,28 +141,17 @@ def finetune(
             loss = F.cross_entropy(model(batch["imgs"]), batch["label"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, float(t.grad_clip))
+            torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
             opt.step()
             total, seen = total + loss.item() * len(batch["label"]), seen + len(batch["label"])
         sched.step()
         losses.append(total / max(seen, 1))
         log.info("fine-tune epoch %d: loss %.4f", epoch + 1, losses[-1])
-    r = cfg.finetune.retrieval
-    resize_hw = (at_crop(r.resize_hw[0], cfg.input.crop_size), at_crop(r.resize_hw[1], cfg.input.crop_size))
-    clips = ClipsDataset(
-        test,
-        cfg.input.clip_len,
-        int(t.stride),
-        int(t.num_test_clips),
-        resize_hw,
-        cfg.input.crop_size,
-        cfg.runtime.decode_backend,
-    )
-    loader = DataLoader(clips, batch_size=int(r.batch_size), num_workers=int(cfg.runtime.eval_workers))
-    logits, labels = video_logits(model, loader, bool(cfg.runtime.progress), device)
+    loader = view_loader(test, clips, t.stride, t.num_test_clips, s.retrieval.resize_hw, s.retrieval.batch_size)
+    logits, labels = video_logits(model, loader, clips.progress, device)
     return {
         **accuracies(logits, labels, num_classes),
-        "epochs": int(t.epochs),
+        "epochs": t.epochs,
         "train_loss": losses,
         "time_s": round(time.perf_counter() - start, 2),
     }

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from fedvssl.config import CONFIG_KEY, build_method, from_yaml
 from fedvssl.federated.records import numpy_to_record, record_to_numpy
 from fedvssl.federated.training import local_train
+from fedvssl.settings import client_settings
 
 app = ClientApp()
 
@@ -31,13 +32,13 @@ def node_config(cfg, context: Context):
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """The server's message carries the run config; the node config says which partition is ours."""
+    """The message carries the client's part of the run config; the node config says which partition is ours."""
     config = msg.content["config"]
     cfg = node_config(from_yaml(str(config[CONFIG_KEY])), context)
     partition_id = int(context.node_config["partition-id"])
     arrays: ArrayRecord = msg.content["arrays"]
     shared, metrics = local_train(
-        cfg, build_method(cfg), partition_id, int(config["server-round"]), record_to_numpy(arrays)
+        client_settings(cfg), build_method(cfg), partition_id, int(config["server-round"]), record_to_numpy(arrays)
     )
     metrics["partition-id"] = partition_id
     content = RecordDict({"arrays": numpy_to_record(shared), "metrics": MetricRecord(metrics)})

@@ -8,7 +8,7 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from hydra.utils import instantiate
 
-from fedvssl.config import CONFIG_KEY, build_method, server_config, to_yaml
+from fedvssl.config import CONFIG_KEY, build_method, client_config, server_config, to_yaml
 from fedvssl.federated.records import numpy_to_record
 from fedvssl.federated.training import shared_keys, state_to_numpy
 from fedvssl.run_folder import RunFolder
@@ -20,7 +20,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = server_config(dict(context.run_config))
-    model = build_method(cfg).build_model(int(cfg.seed))
+    model = build_method(cfg).build_model(cfg.seed)
     initial = state_to_numpy(model, shared_keys(model, cfg.strategy.share))
     done, history = 0, []
     if cfg.get("resume", False):
@@ -30,25 +30,25 @@ def main(grid: Grid, context: Context) -> None:
                 raise ValueError(f"{cfg.run.dir}: the checkpoint of round {done} does not match this configuration")
             initial = saved
             log.info("resuming after round %d of %d", done, cfg.num_rounds)
-    if done >= int(cfg.num_rounds):
+    if done >= cfg.num_rounds:
         log.info("all %d rounds are already done", done)
         return
     strategy = instantiate(
         cfg.strategy,
         num_clients=cfg.partition.num_clients,
-        seed=int(cfg.seed),
+        seed=cfg.seed,
         out_dir=cfg.run.dir,
         start_round=done,
         history=history,
-        progress_rounds=int(cfg.num_rounds) if cfg.runtime.progress else 0,
-        keep_last=int(cfg.checkpoints.keep_last),
-        keep_every=int(cfg.checkpoints.keep_every),
+        progress_rounds=cfg.num_rounds if cfg.runtime.progress else 0,
+        keep_last=cfg.checkpoints.keep_last,
+        keep_every=cfg.checkpoints.keep_every,
         _convert_="all",
     )
     strategy.start(
         grid=grid,
         initial_arrays=numpy_to_record(initial),
-        num_rounds=int(cfg.num_rounds) - done,
+        num_rounds=cfg.num_rounds - done,
         timeout=float(cfg.runtime.round_timeout_s),
-        train_config=ConfigRecord({CONFIG_KEY: to_yaml(cfg)}),
+        train_config=ConfigRecord({CONFIG_KEY: to_yaml(client_config(cfg))}),
     )

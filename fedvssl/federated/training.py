@@ -13,17 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from fedvssl.data.client_dist import read_partition
+from fedvssl.data.client_dist import client_file, read_partition
 from fedvssl.data.datasets import PretextDataset
 from fedvssl.errors import DataError
 from fedvssl.models.device import device_of, to_device
 from fedvssl.models.r3d import BACKBONE_PREFIX
 from fedvssl.processes import rss_mb
 from fedvssl.run_folder import RunFolder
+from fedvssl.settings import ClientSettings
 from fedvssl.ssl.base import PretextModel, SSLMethod
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,9 @@ def load_shared(model: torch.nn.Module, arrays: Mapping[str, np.ndarray], keys: 
         sd[k].copy_(torch.from_numpy(np.asarray(v)))
 
 
-def inject_fault(cfg: DictConfig, partition_id: int, server_round: int) -> None:
+def inject_fault(rate: float, seed: int, partition_id: int, server_round: int) -> None:
     """``fault.client_failure_rate``: fail on purpose, reproducibly from (seed, round, client)."""
-    rate = float(cfg.get("fault", {}).get("client_failure_rate", 0.0))
-    if rate > 0 and np.random.default_rng((int(cfg.seed), server_round, partition_id, 7919)).random() < rate:
+    if rate > 0 and np.random.default_rng((seed, server_round, partition_id, 7919)).random() < rate:
         raise RuntimeError(
             f"injected failure of client {partition_id} in round {server_round} (fault.client_failure_rate={rate})"
         )
@@ -106,27 +105,31 @@ def train_epoch(
 
 
 def local_train(
-    cfg: DictConfig, method: SSLMethod, partition_id: int, server_round: int, global_arrays: Mapping[str, np.ndarray]
+    s: ClientSettings,
+    method: SSLMethod,
+    partition_id: int,
+    server_round: int,
+    global_arrays: Mapping[str, np.ndarray],
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """A client's participation: own head + global shared tensors -> one epoch -> shared tensors."""
     start = time.perf_counter()
-    torch.set_num_threads(int(cfg.runtime.torch_threads))
-    share = cfg.strategy.share
-    device = device_of(cfg.runtime.device)
-    model = method.build_model(int(cfg.seed))
+    torch.set_num_threads(s.torch_threads)
+    share = s.share
+    device = device_of(s.device)
+    model = method.build_model(s.seed)
     keys = shared_keys(model, share)
-    inject_fault(cfg, partition_id, server_round)
+    inject_fault(s.failure_rate, s.seed, partition_id, server_round)
     # Dropout and any other torch randomness: fixed per (seed, round, client), whatever
     # this process (a Ray actor serving many clients) ran before.
-    torch.manual_seed(seed_of(int(cfg.seed), server_round, partition_id))
-    run = RunFolder(cfg.run.dir)
+    torch.manual_seed(seed_of(s.seed, server_round, partition_id))
+    run = RunFolder(s.run_dir)
     if share != "full" and (head := run.load_head_before(partition_id, server_round)) is not None:
         model.load_state_dict(head, strict=False)
     load_shared(model, global_arrays, keys)
     model.to(device)
 
-    partition_file = Path(cfg.partition.dir) / f"client_dist{partition_id + 1}.json"
-    listed = read_partition(partition_file, Path(cfg.dataset.pretrain.videos))
+    partition_file = client_file(Path(s.partition_dir), partition_id + 1)
+    listed = read_partition(partition_file, Path(s.videos))
     # Missing and unusable videos (screened by the main job) are not trained on, so
     # n_k counts the videos this client really has.
     unusable = run.unusable_paths()
@@ -136,18 +139,17 @@ def local_train(
             f"client {partition_id}: none of the {len(listed)} videos in {partition_file} is usable "
             f"(first: {listed[0].name}); see {run.unusable.name}"
         )
-    dataset = PretextDataset(records, method, cfg.runtime.decode_backend, seed=(cfg.seed, server_round, partition_id))
-    workers = int(cfg.runtime.num_workers)
+    dataset = PretextDataset(records, method, s.decode_backend, seed=(s.seed, server_round, partition_id))
     loader = DataLoader(
         dataset,
-        batch_size=int(cfg.train.batch_size),
+        batch_size=s.batch_size,
         shuffle=True,
-        num_workers=workers,
+        num_workers=s.num_workers,
         persistent_workers=False,
         pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(seed_of(int(cfg.seed), server_round, partition_id)),
+        generator=torch.Generator().manual_seed(seed_of(s.seed, server_round, partition_id)),
     )
-    metrics = train_epoch(model, method, loader, progress=bool(cfg.runtime.progress), device=device)
+    metrics = train_epoch(model, method, loader, progress=s.progress, device=device)
 
     if share != "full":
         sd = model.state_dict()

@@ -1,0 +1,26 @@
+"""The evaluation views of a video list: uniformly spread clips, fixed resize, centre crop."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch.utils.data import DataLoader
+
+from fedvssl.data.annotations import VideoRecord
+from fedvssl.data.datasets import ClipsDataset
+from fedvssl.data.transforms import at_crop
+from fedvssl.settings import ClipInput
+
+
+def view_loader(
+    records: Sequence[VideoRecord],
+    clips: ClipInput,
+    stride: int,
+    num_clips: int,
+    resize_hw: Sequence[int],
+    batch_size: int,
+) -> DataLoader:
+    """``num_clips`` test views per video; ``resize_hw`` is given at the reference 112 crop."""
+    size_hw = (at_crop(resize_hw[0], clips.crop_size), at_crop(resize_hw[1], clips.crop_size))
+    views = ClipsDataset(records, clips.clip_len, stride, num_clips, size_hw, clips.crop_size, clips.decode_backend)
+    return DataLoader(views, batch_size=batch_size, num_workers=clips.eval_workers)
