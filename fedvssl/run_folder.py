@@ -25,69 +25,26 @@ class RunFolder:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self.config = self.root / "fedvssl.yaml"  # the resolved config the Flower apps run with
+        self.checkpoints = self.root / "checkpoints"
+        self.history = self.root / "history.json"
+        self.history_csv = self.root / "history.csv"
+        self.history_plot = self.root / "history.png"
+        self.results = self.root / "results.json"
+        self.results_table = self.root / "results.md"
+        self.unusable = self.root / "unusable_videos.json"  # every video this run skipped, and why
+        self.partition = self.root / "partition"  # the default partition.dir
+        self.manifest = self.partition / "manifest.json"
+        self.log = self.root / "main.log"
+        self.flwr_home = self.root / "flwr"
+        self._stopped = self.root / "stopped.txt"
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.root)!r})"
 
-    # -- paths -------------------------------------------------------------------------
-    @property
-    def config(self) -> Path:
-        """The resolved configuration the Flower apps run with."""
-        return self.root / "fedvssl.yaml"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
     def checkpoint(self, server_round: int) -> Path:
         """The global model after ``server_round``."""
         return self.checkpoints / f"round-{server_round}.npz"
-
-    @property
-    def history(self) -> Path:
-        return self.root / "history.json"
-
-    @property
-    def history_csv(self) -> Path:
-        return self.root / "history.csv"
-
-    @property
-    def history_plot(self) -> Path:
-        return self.root / "history.png"
-
-    @property
-    def results(self) -> Path:
-        return self.root / "results.json"
-
-    @property
-    def results_table(self) -> Path:
-        return self.root / "results.md"
-
-    @property
-    def unusable(self) -> Path:
-        """Every video this run skipped, and why."""
-        return self.root / "unusable_videos.json"
-
-    @property
-    def partition(self) -> Path:
-        """The default partition folder (``partition.dir``)."""
-        return self.root / "partition"
-
-    @property
-    def manifest(self) -> Path:
-        return self.partition / "manifest.json"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "main.log"
-
-    @property
-    def flwr_home(self) -> Path:
-        return self.root / "flwr"
-
-    @property
-    def _stopped(self) -> Path:
-        return self.root / "stopped.txt"
 
     def client_folder(self, partition_id: int) -> Path:
         return self.root / "clients" / f"client-{partition_id:04d}"

@@ -28,8 +28,9 @@ def settings(cls: type[T], node: DictConfig | dict[str, Any], **values: Any) -> 
     try:
         merged = OmegaConf.merge(OmegaConf.structured(cls), {**picked, **values})
         return OmegaConf.to_object(merged)
-    except Exception as e:  # OmegaConf's ValidationError names the key and the value
-        raise ConfigError(f"{cls.__name__}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # OmegaConf's errors carry the key apart from the message
+        key = getattr(e, "full_key", "") or "?"
+        raise ConfigError(f"{cls.__name__}: {key}: {str(e).splitlines()[0]}") from None
 
 
 @dataclass(frozen=True)

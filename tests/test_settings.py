@@ -1,0 +1,34 @@
+"""Typed settings from the Hydra config, and the part of it a client receives."""
+
+import pytest
+from helpers import ROOT
+from hydra import compose, initialize_config_dir
+
+from fedvssl.config import client_config
+from fedvssl.errors import ConfigError
+from fedvssl.settings import ClientSettings, client_settings, evaluation_settings, settings
+
+
+def compose_config(*overrides: str):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", ["run.dir=/tmp/run", *overrides])
+
+
+def test_a_client_receives_only_its_part():
+    cfg = compose_config()
+    sent = client_config(cfg)
+    assert set(sent) == {"seed", "ssl", "input", "runtime", "train", "fault", "strategy", "partition", "dataset", "run"}
+    assert set(sent.strategy) == {"share"} and set(sent.partition) == {"dir"} and "finetune" not in sent
+    # and it holds everything the client's settings need
+    assert client_settings(sent) == client_settings(cfg)
+
+
+def test_values_are_typed_once():
+    s = evaluation_settings(compose_config("finetune.training.grad_clip=40"))
+    assert s.finetune.grad_clip == 40.0 and isinstance(s.finetune.grad_clip, float)
+    assert [d.name for d in s.datasets] == ["ucf101", "hmdb51"] and s.screening.min_frames == 8
+
+
+def test_a_mistyped_value_fails_with_one_line():
+    with pytest.raises(ConfigError, match="ClientSettings: .*batch_size"):
+        settings(ClientSettings, compose_config().runtime, batch_size="four", seed=7)
