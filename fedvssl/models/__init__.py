@@ -1,1 +1,2 @@
-"""models"""
+"""Stage 2, models: R3D-18, the heads shared by pretext tasks and fine-tuning, device
+placement, and the checkpoint reader."""
