@@ -100,8 +100,13 @@ def validate(cfg: DictConfig) -> None:
 
 
 def build_method(cfg: DictConfig) -> SSLMethod:
-    """Instantiate ``cfg.ssl`` at this run's clip length and crop size."""
-    return instantiate(cfg.ssl, clip_len=cfg.input.clip_len, crop_size=cfg.input.crop_size, _convert_="all")
+    """Instantiate ``cfg.ssl`` at this run's clip length, crop size and backbone size."""
+    return instantiate(
+        cfg.ssl, clip_len=cfg.input.clip_len, crop_size=cfg.input.crop_size, backbone=cfg.model, _convert_="all"
+    )
+
+
+CLIENT_PRETRAIN_KEYS = ("videos", "clips_per_video")
 
 
 def client_config(cfg: DictConfig) -> DictConfig:
@@ -115,12 +120,13 @@ def client_config(cfg: DictConfig) -> DictConfig:
             "seed": cfg.seed,
             "ssl": cfg.ssl,
             "input": cfg.input,
+            "model": cfg.model,
             "runtime": cfg.runtime,
             "train": cfg.train,
             "fault": cfg.get("fault", {}),
             "strategy": {"share": cfg.strategy.share},
             "partition": {"dir": cfg.partition.dir},
-            "dataset": {"pretrain": {"videos": cfg.dataset.pretrain.videos}},
+            "dataset": {"pretrain": {k: v for k, v in cfg.dataset.pretrain.items() if k in CLIENT_PRETRAIN_KEYS}},
             "run": {"dir": cfg.run.dir},
         }
     )

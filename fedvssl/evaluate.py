@@ -33,9 +33,10 @@ def main(cfg: DictConfig) -> None:
     validate(cfg)
     generate_data(cfg)
     checkpoint = cfg.get("checkpoint")
-    states = {"pretrained": load_backbone_state(checkpoint)} if checkpoint else {"random_init": None}
+    settings = evaluation_settings(cfg)
+    states = {"pretrained": load_backbone_state(checkpoint, settings.backbone)} if checkpoint else {"random_init": None}
     start = time.perf_counter()
-    results = evaluate_states(evaluation_settings(cfg), states)
+    results = evaluate_states(settings, states)
     results["run"] = {
         "checkpoint": str(checkpoint) if checkpoint else None,
         "overrides": list(HydraConfig.get().overrides.task),

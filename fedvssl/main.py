@@ -66,7 +66,7 @@ def evaluate(cfg: DictConfig, checkpoint: Path) -> dict:
     from fedvssl.settings import evaluation_settings
 
     settings = evaluation_settings(cfg)
-    states = {"pretrained": load_backbone_state(checkpoint)}
+    states = {"pretrained": load_backbone_state(checkpoint, settings.backbone)}
     if settings.retrieval.compare_random_init:
         states["random_init"] = None
     return evaluate_states(settings, states)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedvssl.data.lists import DownstreamSet, PretrainSource
 from fedvssl.data.screening import ScreeningSettings
 from fedvssl.errors import ConfigError
+from fedvssl.models.r3d import BackboneSize
 
 T = TypeVar("T")
 
@@ -46,6 +47,7 @@ class ClientSettings:
     batch_size: int
     progress: bool
     failure_rate: float  # fault.client_failure_rate
+    clips_per_video: int  # dataset.pretrain.clips_per_video
     partition_dir: str
     videos: str  # dataset.pretrain.videos
     run_dir: str
@@ -99,6 +101,7 @@ class EvaluationSettings:
     """Everything the downstream evaluation uses."""
 
     seed: int
+    backbone: BackboneSize
     clips: ClipInput
     retrieval: RetrievalSettings
     finetune: FinetuneSettings
@@ -130,6 +133,8 @@ def client_settings(cfg: DictConfig) -> ClientSettings:
         failure_rate=cfg.get("fault", {}).get("client_failure_rate", 0.0),
         partition_dir=cfg.partition.dir,
         videos=cfg.dataset.pretrain.videos,
+        # 1, the reference's one local epoch, unless the dataset asks for more.
+        clips_per_video=cfg.dataset.pretrain.get("clips_per_video", 1),
         run_dir=cfg.run.dir,
     )
 
@@ -137,6 +142,7 @@ def client_settings(cfg: DictConfig) -> ClientSettings:
 def evaluation_settings(cfg: DictConfig) -> EvaluationSettings:
     return EvaluationSettings(
         seed=cfg.seed,
+        backbone=settings(BackboneSize, cfg.model),
         clips=settings(ClipInput, cfg.runtime, clip_len=cfg.input.clip_len, crop_size=cfg.input.crop_size),
         retrieval=settings(RetrievalSettings, cfg.finetune.retrieval),
         finetune=settings(FinetuneSettings, cfg.finetune.training),

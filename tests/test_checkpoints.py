@@ -53,6 +53,18 @@ def test_foreign_pickles_are_refused_without_running(tmp_path):
     assert not Evil.marker.exists()
 
 
+def test_a_backbone_loads_at_its_own_size_only(tmp_path):
+    from fedvssl.models.r3d import BackboneSize
+
+    small = BackboneSize(width=16, blocks=1)
+    state = {"backbone." + k: v.numpy() for k, v in R3D18(size=small).state_dict().items()}
+    save_npz(tmp_path / "small.npz", state)
+    loaded = load_backbone_state(tmp_path / "small.npz", small)
+    assert list(loaded) == list(state) and all(np.array_equal(loaded[k], state[k]) for k in state)
+    with pytest.raises(CheckpointError, match="another model size"):
+        load_backbone_state(tmp_path / "small.npz")  # read as the paper's R3D-18
+
+
 def test_shape_mismatch_names_the_entry(tmp_path, ctp_arrays):
     arrays = list(ctp_arrays)
     arrays[30] = np.zeros((3, 3), np.float32)

@@ -41,6 +41,20 @@ def test_world_has_an_arrow_of_time():
     assert not {"slide_left", "rise", "orbit_ccw", "spin_ccw", "shrink"} & set(MOTIONS)
 
 
+def test_background_contrast_controls_the_texture_behind_the_objects():
+    """The default plain background: one colour per video, the texture only on the objects."""
+    spec = WorldSpec(num_frames=2, height=48, width=64, objects=0)
+    plain = render_video("fall", np.random.default_rng(4), spec).astype(float)
+    textured = render_video(
+        "fall", np.random.default_rng(4), WorldSpec(**{**spec.__dict__, "background_contrast": 1.0})
+    )
+    assert plain[0].std(axis=(0, 1)).max() < 1.0  # flat up to rounding
+    assert textured[0].astype(float).std(axis=(0, 1)).max() > 10.0
+    assert np.abs(plain[0].mean(axis=(0, 1)) - textured[0].mean(axis=(0, 1))).max() < 2.0  # same colour on average
+    with_objects = render_video("fall", np.random.default_rng(4), WorldSpec(num_frames=2, height=48, width=64))
+    assert with_objects[0].astype(float).std(axis=(0, 1)).max() > 10.0  # the objects keep their texture
+
+
 def test_kinetics_layout(world):
     records, classes = read_kinetics_csv(world / "kinetics400/annotations/train.csv", world / "kinetics400")
     assert classes == sorted(m.replace("_", " ") for m in MOTIONS)

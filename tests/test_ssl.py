@@ -22,7 +22,15 @@ def method(name, *overrides):
     clip_len, crop = TINY[name]
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(
-            "config", [f"ssl={name}", f"input.clip_len={clip_len}", f"input.crop_size={crop}", "run.dir=.", *overrides]
+            "config",
+            [
+                f"ssl={name}",
+                "model=paper",
+                f"input.clip_len={clip_len}",
+                f"input.crop_size={crop}",
+                "run.dir=.",
+                *overrides,
+            ],
         )
     return build_method(cfg)
 
@@ -48,6 +56,20 @@ def test_layout_and_forward_backward(world, name):
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())
     assert set(metrics) >= ({"iou"} if name == "ctp" else {"accuracy"})
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_the_demo_backbone_is_the_same_network_narrower_and_shallower(world, name):
+    """model=small: R3D at width 16 with one block per stage; every head follows its width."""
+    m = method(name, "model=small")
+    model = m.build_model(seed=0)
+    names = [k for k in model.state_dict() if k.startswith("backbone.")]
+    paper = [k for k in method(name).build_model(seed=0).state_dict() if k.startswith("backbone.")]
+    assert names == [k for k in paper if ".1." not in k]  # the second block of each stage is gone
+    assert model.backbone.stem.conv.weight.shape[0] == 16 and model.backbone.out_channels == 128
+    loss, _ = m.loss(model, batch_of(world, m, 2))
+    loss.backward()
+    assert torch.isfinite(loss)
 
 
 def test_optimiser_defaults_follow_the_paper():

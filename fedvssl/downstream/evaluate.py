@@ -18,18 +18,18 @@ from fedvssl.data.lists import downstream_splits
 from fedvssl.downstream.retrieval import extract_features, recall_at_k
 from fedvssl.downstream.views import view_loader
 from fedvssl.models.device import device_of
-from fedvssl.models.r3d import R3D18, load_backbone
+from fedvssl.models.r3d import R3D18, BackboneSize, load_backbone
 from fedvssl.settings import EvaluationSettings
 
 log = logging.getLogger(__name__)
 State = Mapping[str, np.ndarray] | None
 
 
-def build_backbone(state: State, seed: int) -> R3D18:
+def build_backbone(state: State, seed: int, size: BackboneSize) -> R3D18:
     """The standard-stride backbone, from a state or (``None``) the seeded random init."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        backbone = R3D18(ctp_strides=False)
+        backbone = R3D18(ctp_strides=False, size=size)
     if state is not None:
         load_backbone(backbone, {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
     return backbone
@@ -55,7 +55,7 @@ def evaluate_states(s: EvaluationSettings, states: Mapping[str, State]) -> dict[
         train, test, classes = downstream_splits(ds, s.screening)
         entry: dict = {"queries": len(test), "gallery": len(train), "classes": len(classes)}
         start = time.perf_counter()
-        backbones = {tag: build_backbone(state, s.seed) for tag, state in states.items()}
+        backbones = {tag: build_backbone(state, s.seed, s.backbone) for tag, state in states.items()}
         device = str(device_of(s.clips.device))
         g, gl = extract_features(backbones, _loader(train, s), device, progress=s.clips.progress)
         q, ql = extract_features(backbones, _loader(test, s), device, progress=s.clips.progress)

@@ -28,7 +28,7 @@ from fedvssl.data.transforms import at_crop
 from fedvssl.downstream.views import view_loader
 from fedvssl.models.device import device_of, to_device
 from fedvssl.models.heads import ClsHead
-from fedvssl.models.r3d import R3D18, load_backbone
+from fedvssl.models.r3d import PAPER_SIZE, R3D18, BackboneSize, load_backbone
 from fedvssl.settings import ClipInput, EvaluationSettings, FinetuneSettings
 
 log = logging.getLogger(__name__)
@@ -37,10 +37,10 @@ log = logging.getLogger(__name__)
 class TSNClassifier(nn.Module):
     """Backbone then ``cls_head.fc_cls``: the 122-entry layout of CtP's fine-tuning model."""
 
-    def __init__(self, num_classes: int, dropout: float) -> None:
+    def __init__(self, num_classes: int, dropout: float, size: BackboneSize = PAPER_SIZE) -> None:
         super().__init__()
-        self.backbone = R3D18(ctp_strides=False)
-        self.cls_head = ClsHead(num_classes, dropout)
+        self.backbone = R3D18(ctp_strides=False, size=size)
+        self.cls_head = ClsHead(num_classes, dropout, self.backbone.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cls_head(self.backbone(x))
@@ -66,10 +66,12 @@ class TrainClips(VideoDataset):
         return {"imgs": self.augment(read_clip(self.reader, rec.path, idx), rng), "label": rec.label}
 
 
-def build_classifier(state: Mapping[str, np.ndarray] | None, num_classes: int, dropout: float, seed: int):
+def build_classifier(
+    state: Mapping[str, np.ndarray] | None, num_classes: int, dropout: float, seed: int, size: BackboneSize
+) -> TSNClassifier:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = TSNClassifier(num_classes, dropout)
+        model = TSNClassifier(num_classes, dropout, size)
     if state is not None:
         load_backbone(model.backbone, {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
     return model
@@ -115,7 +117,7 @@ def finetune(
     t, clips, seed = s.finetune, s.clips, s.seed
     device = device_of(clips.device)
     start = time.perf_counter()
-    model = build_classifier(state, num_classes, t.dropout, seed).to(device)
+    model = build_classifier(state, num_classes, t.dropout, seed, s.backbone).to(device)
     if t.linear_probe:
         for p in model.backbone.parameters():
             p.requires_grad_(False)

@@ -139,7 +139,10 @@ def local_train(
             f"client {partition_id}: none of the {len(listed)} videos in {partition_file} is usable "
             f"(first: {listed[0].name}); see {run.unusable.name}"
         )
-    dataset = PretextDataset(records, method, s.decode_backend, seed=(s.seed, server_round, partition_id))
+    # More than one clip per video per round: a longer local epoch over a small dataset.
+    # Each repeat draws its own clip (the draws are seeded by position in the list).
+    examples = records * s.clips_per_video
+    dataset = PretextDataset(examples, method, s.decode_backend, seed=(s.seed, server_round, partition_id))
     loader = DataLoader(
         dataset,
         batch_size=s.batch_size,
@@ -150,6 +153,7 @@ def local_train(
         generator=torch.Generator().manual_seed(seed_of(s.seed, server_round, partition_id)),
     )
     metrics = train_epoch(model, method, loader, progress=s.progress, device=device)
+    metrics["num-examples"] = len(records)  # n_k: the client's videos, however many clips each gave
 
     if share != "full":
         sd = model.state_dict()

@@ -20,7 +20,7 @@ import torch
 
 from fedvssl.errors import CheckpointError
 from fedvssl.files import npy_header
-from fedvssl.models.r3d import BACKBONE_PREFIX, R3D18
+from fedvssl.models.r3d import BACKBONE_PREFIX, PAPER_SIZE, R3D18, BackboneSize
 
 try:  # NumPy 2
     from numpy._core.multiarray import _reconstruct
@@ -82,13 +82,15 @@ def published_arrays(path: str | Path, members: dict[str, np.ndarray]) -> list[n
     return [members[n] for n in names]
 
 
-def backbone_keys() -> list[tuple[str, tuple[int, ...]]]:
-    return [(BACKBONE_PREFIX + k, tuple(v.shape)) for k, v in R3D18().state_dict().items()]
+def backbone_keys(size: BackboneSize = PAPER_SIZE) -> list[tuple[str, tuple[int, ...]]]:
+    return [(BACKBONE_PREFIX + k, tuple(v.shape)) for k, v in R3D18(size=size).state_dict().items()]
 
 
-def assign_backbone(path: str | Path, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """Name the first 120 arrays as the CtP backbone, checking every shape and casting dtypes."""
-    keys = backbone_keys()
+def assign_backbone(
+    path: str | Path, arrays: list[np.ndarray], size: BackboneSize = PAPER_SIZE
+) -> dict[str, np.ndarray]:
+    """Name the first arrays (120 for R3D-18) as the CtP backbone, checking every shape and casting dtypes."""
+    keys = backbone_keys(size)
     if len(arrays) < len(keys):
         raise CheckpointError(f"{path}: {len(arrays)} arrays, a backbone needs {len(keys)}")
     state = {}
@@ -102,8 +104,8 @@ def assign_backbone(path: str | Path, arrays: list[np.ndarray]) -> dict[str, np.
     return state
 
 
-def load_backbone_state(path: str | Path) -> dict[str, np.ndarray]:
-    """The 120 named backbone arrays of any supported checkpoint.
+def load_backbone_state(path: str | Path, size: BackboneSize = PAPER_SIZE) -> dict[str, np.ndarray]:
+    """The named backbone arrays of any supported checkpoint (120 for R3D-18; ``size``: ``model``).
 
     Supported: our ``checkpoints/round-<r>.npz`` (named arrays), the published FedVSSL
     ``.npz`` files, and torch files holding a torchvision ``r3d_18`` or a CtP-layout
@@ -121,14 +123,15 @@ def load_backbone_state(path: str | Path) -> dict[str, np.ndarray]:
         if not isinstance(sd, Mapping):
             raise CheckpointError(f"{path}: expected a state_dict")
         tensors = [v for k, v in sd.items() if not k.startswith(("fc.", "cls_head.", "head.", "vcop_head."))]
-        return assign_backbone(path, [t.numpy() for t in tensors])
+        return assign_backbone(path, [t.numpy() for t in tensors], size)
     members = read_npz_arrays(path)
     if any(k.startswith(BACKBONE_PREFIX) for k in members):  # ours: names are kept
-        missing = [k for k, _ in backbone_keys() if k not in members]
+        keys = backbone_keys(size)
+        missing = [k for k, _ in keys if k not in members]
         if missing:
-            raise CheckpointError(f"{path}: missing backbone entry {missing[0]}")
-        return assign_backbone(path, [members[k] for k, _ in backbone_keys()])
-    return assign_backbone(path, published_arrays(path, members))
+            raise CheckpointError(f"{path}: missing backbone entry {missing[0]} (a backbone of another model size?)")
+        return assign_backbone(path, [members[k] for k, _ in keys], size)
+    return assign_backbone(path, published_arrays(path, members), size)
 
 
 def to_torchvision(state: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:

@@ -9,11 +9,11 @@ from torch import nn
 class ClsHead(nn.Module):
     """TSN classification head; ``fc_cls`` is its only state (2 entries)."""
 
-    def __init__(self, num_classes: int, dropout: float) -> None:
+    def __init__(self, num_classes: int, dropout: float, in_channels: int = 512) -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.dropout = nn.Dropout(dropout)
-        self.fc_cls = nn.Linear(512, num_classes)
+        self.fc_cls = nn.Linear(in_channels, num_classes)
         nn.init.normal_(self.fc_cls.weight, 0.0, 0.001)
         nn.init.zeros_(self.fc_cls.bias)
 

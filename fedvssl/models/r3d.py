@@ -8,6 +8,8 @@ eps 1e-3 as in CtP, convolutions have no bias and the stem has no max-pool.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -45,8 +47,24 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
+@dataclass(frozen=True)
+class BackboneSize:
+    """``model``: the backbone's width (stem channels) and residual blocks per stage."""
+
+    width: int = 64
+    blocks: int = 2
+
+
+PAPER_SIZE = BackboneSize()  # R3D-18
+
+
 class R3D18(nn.Module):
-    """R3D-18 feature extractor returning the layer4 map [B, 512, T', H', W'].
+    """R3D-18 feature extractor returning the layer4 map [B, 8 * width, T', H', W'].
+
+    The defaults (``width=64``, ``blocks=2``) are the paper's R3D-18 with 512 output
+    channels. ``width`` and ``blocks`` (per stage) shrink the same network for the CPU
+    demo (``model=small``: width 16, one block per stage, a 10-layer R3D), which learns
+    its pretext task within minutes where the full network needs hours on a CPU.
 
     ``ctp_strides=True`` gives CtP's pretraining configuration, where layer4 only
     downsamples in time (stride (2,1,1)), keeping a 14x14 map for RoIAlign on
@@ -54,19 +72,22 @@ class R3D18(nn.Module):
     between the two configurations.
     """
 
-    def __init__(self, ctp_strides: bool = False) -> None:
+    def __init__(self, ctp_strides: bool = False, size: BackboneSize = PAPER_SIZE) -> None:
         super().__init__()
+        width, blocks = size.width, size.blocks
         self.ctp_strides = ctp_strides
+        self.out_channels = 8 * width
         self.stem = nn.Sequential()
-        self.stem.add_module("conv", nn.Conv3d(3, 64, (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False))
-        self.stem.add_module("bn", nn.BatchNorm3d(64, eps=_BN_EPS))
+        self.stem.add_module("conv", nn.Conv3d(3, width, (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False))
+        self.stem.add_module("bn", nn.BatchNorm3d(width, eps=_BN_EPS))
         self.stem.add_module("relu", nn.ReLU(inplace=True))
         spatial = (False, True, True, not ctp_strides)
         temporal = (False, True, True, True)
-        cin = 64
-        for i, cout in enumerate((64, 128, 256, 512)):
+        cin = width
+        for i, cout in enumerate((width, 2 * width, 4 * width, 8 * width)):
             stride = (2 if temporal[i] else 1, *(2 if spatial[i] else 1,) * 2)
-            layer = nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, (1, 1, 1)))
+            rest = [BasicBlock(cout, cout, (1, 1, 1)) for _ in range(blocks - 1)]
+            layer = nn.Sequential(BasicBlock(cin, cout, stride), *rest)
             self.add_module(f"layer{i + 1}", layer)
             cin = cout
         self.reset_parameters()

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from fedvssl.data.video import VideoReader
-from fedvssl.models.r3d import R3D18
+from fedvssl.models.r3d import R3D18, BackboneSize
 
 
 class PretextModel(nn.Module):
@@ -41,16 +41,24 @@ class SSLMethod(ABC):
     head_name: ClassVar[str]
     ctp_strides: ClassVar[bool] = False
 
-    def __init__(self, clip_len: int, crop_size: int, optimizer: Mapping[str, float]) -> None:
+    def __init__(
+        self, clip_len: int, crop_size: int, optimizer: Mapping[str, float], backbone: Mapping[str, int] | None = None
+    ) -> None:
         self.clip_len = int(clip_len)
         self.crop_size = int(crop_size)
         self.optimizer = dict(optimizer)
+        self.backbone = BackboneSize(**(backbone or {}))
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of the backbone's output, the heads' input."""
+        return 8 * self.backbone.width
 
     def build_model(self, seed: int) -> PretextModel:
         """The full model, initialised from ``seed`` so every client starts identically."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            backbone = R3D18(ctp_strides=self.ctp_strides)
+            backbone = R3D18(self.ctp_strides, self.backbone)
             return PretextModel(backbone, self.head_name, self.build_head())
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:

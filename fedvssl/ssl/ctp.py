@@ -39,13 +39,13 @@ SHAPE_PROBS = (0.5, 0.35, 0.15)
 class CtPHead(nn.Module):
     """Temporal conv (collapses layer4's 2 time steps), RoIAlign 5x5, 2-layer MLP -> T x 4 deltas."""
 
-    def __init__(self, clip_len: int, spatial_scale: float = 1 / 8) -> None:
+    def __init__(self, clip_len: int, channels: int = 512, spatial_scale: float = 1 / 8) -> None:
         super().__init__()
         self.clip_len = clip_len
         self.spatial_scale = spatial_scale
-        self.temporal_conv = nn.Conv3d(512, 512, (2, 1, 1))
-        self.fc1 = nn.Linear(512 * 5 * 5, 512)
-        self.pred_head = nn.Linear(512, clip_len * 4)
+        self.temporal_conv = nn.Conv3d(channels, channels, (2, 1, 1))
+        self.fc1 = nn.Linear(channels * 5 * 5, channels)
+        self.pred_head = nn.Linear(channels, clip_len * 4)
         nn.init.kaiming_normal_(self.temporal_conv.weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(self.temporal_conv.bias)
         for fc in (self.fc1, self.pred_head):
@@ -229,8 +229,9 @@ class CtP(SSLMethod):
         dynamic_brightness: tuple[float, float],
         dynamic_contrast: tuple[float, float],
         dynamic_key_frame_probs: tuple[float, float],
+        backbone: dict[str, int] | None = None,
     ) -> None:
-        super().__init__(clip_len, crop_size, optimizer)
+        super().__init__(clip_len, crop_size, optimizer, backbone)
         # The head's temporal conv needs exactly 2 time steps out of layer4: 9 <= T <= 16.
         if not 9 <= clip_len <= 16:
             raise ValueError(f"CtP needs input.clip_len in [9, 16] (the paper uses 16), got {clip_len}")
@@ -257,7 +258,7 @@ class CtP(SSLMethod):
         self.dynamic_key_frame_probs = tuple(dynamic_key_frame_probs)
 
     def build_head(self) -> nn.Module:
-        return CtPHead(self.clip_len)
+        return CtPHead(self.clip_len, self.feature_channels)
 
     def sample(self, reader: VideoReader, path: str, num_frames: int, rng: np.random.Generator) -> dict[str, Any]:
         idx = random_clip_indices(num_frames, self.clip_len, self.strides, True, rng)

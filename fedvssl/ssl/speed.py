@@ -38,14 +38,15 @@ class Speed(SSLMethod):
         contrast: tuple[float, float],
         hue_saturation: tuple[float, float, float],
         dropout: float,
+        backbone: dict[str, int] | None = None,
     ) -> None:
-        super().__init__(clip_len, crop_size, optimizer)
+        super().__init__(clip_len, crop_size, optimizer, backbone)
         self.scales = [at_crop(s, self.crop_size, minimum=self.crop_size) for s in scales]
         self.augment = TrainPreset(self.scales, self.crop_size, flip_p, brightness, contrast, hue_saturation)
         self.dropout = dropout
 
     def build_head(self) -> nn.Module:
-        return ClsHead(len(STRIDES), self.dropout)
+        return ClsHead(len(STRIDES), self.dropout, self.feature_channels)
 
     def indices(self, num_frames: int, label: int, rng: np.random.Generator) -> np.ndarray:
         """Frame indices of a clip played at ``STRIDES[label]``."""

@@ -28,10 +28,10 @@ PAIRS = ((0, 1), (0, 2), (1, 2))
 class VCOPHead(nn.Module):
     """``fc1`` on each clip pair (1024 -> 512), ``fc2`` on the 3 pair features (1536 -> 6)."""
 
-    def __init__(self, dropout: float) -> None:
+    def __init__(self, dropout: float, channels: int = 512) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(1024, 512)
-        self.fc2 = nn.Linear(512 * len(PAIRS), len(PERMUTATIONS))
+        self.fc1 = nn.Linear(2 * channels, channels)
+        self.fc2 = nn.Linear(channels * len(PAIRS), len(PERMUTATIONS))
         self.dropout = nn.Dropout(dropout)
         nn.init.kaiming_normal_(self.fc1.weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(self.fc1.bias)
@@ -55,14 +55,15 @@ class VCOP(SSLMethod):
         interval: int,
         resize_hw: list[int],
         dropout: float,
+        backbone: dict[str, int] | None = None,
     ) -> None:
-        super().__init__(clip_len, crop_size, optimizer)
+        super().__init__(clip_len, crop_size, optimizer, backbone)
         self.interval = int(interval)
         self.resize_hw = tuple(at_crop(s, self.crop_size, minimum=self.crop_size) for s in resize_hw)
         self.dropout = dropout
 
     def build_head(self) -> nn.Module:
-        return VCOPHead(self.dropout)
+        return VCOPHead(self.dropout, self.feature_channels)
 
     def clip_starts(self, num_frames: int, rng: np.random.Generator) -> np.ndarray:
         """Start frames of the 3 clips (CtP's ``_sample_indices``)."""
