@@ -8,7 +8,8 @@ For each method, in one run and side by side:
 
 The ratio full/compute says how much the data path costs the client (target >= 0.9).
 On a GPU (``--device cuda``) the same script reports absolute clips/s, optionally
-with bf16 autocast (``--amp``) and channels-last 3D memory (``--channels-last``).
+with bf16 autocast (``--amp``), channels-last 3D memory (``--channels-last``) and
+``torch.compile`` (``--compile``): the client's own ``runtime.precision`` helpers.
 
 Usage: ``python -m benchmarks.train_throughput [--methods ctp vcop speed] [--seconds 30]``.
 """
@@ -16,7 +17,6 @@ Usage: ``python -m benchmarks.train_throughput [--methods ctp vcop speed] [--sec
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import tempfile
 import time
@@ -30,6 +30,7 @@ from dataset_preparation.synthetic import ensure
 from fedvssl.config import build_method
 from fedvssl.data.datasets import PretextDataset
 from fedvssl.data.kinetics import read_kinetics_csv
+from fedvssl.models.precision import Precision, autocast, prepare, to_device
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,30 +41,17 @@ def method_for(name: str, clip_len: int, crop: int):
     return build_method(cfg)
 
 
-def to_device(batch: dict, device: str, channels_last: bool) -> dict:
-    out = {}
-    for k, v in batch.items():
-        if k == "bad":
-            continue
-        v = v.to(device, non_blocking=True)
-        if channels_last and k == "imgs" and v.dim() == 5:
-            v = v.contiguous(memory_format=torch.channels_last_3d)
-        out[k] = v
-    return out
-
-
-def steps(model, method, batches, device, amp, channels_last, seconds, warmup=2) -> float:
+def steps(model, method, batches, device, precision: Precision, seconds, warmup=2) -> float:
     """Samples per second of forward + backward + clip + SGD over ``batches`` (an iterator)."""
     opt = method.make_optimizer(model)
-    autocast = torch.autocast(device, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
     n, start = 0, None
     for i, batch in enumerate(batches):
         if i == warmup:
             if device == "cuda":
                 torch.cuda.synchronize()
             start, n = time.perf_counter(), 0
-        batch = to_device(batch, device, channels_last)
-        with autocast:
+        batch = to_device({k: v for k, v in batch.items() if k != "bad"}, precision, device)
+        with autocast(precision, device):
             loss, _ = method.loss(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -93,10 +81,15 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the backbone (warm-up excluded)")
     p.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "fedvssl-bench-world"))
     a = p.parse_args()
-    if a.device == "cuda":
-        torch.backends.cudnn.benchmark = True
+    precision = Precision(
+        amp_dtype="bf16" if a.amp else "none",
+        channels_last=a.channels_last,
+        cudnn_benchmark=a.device == "cuda",
+        compile=a.compile,
+    )
     ensure(a.root)
     root = Path(a.root)
     records, _ = read_kinetics_csv(root / "kinetics400/annotations/train.csv", root / "kinetics400")
@@ -104,7 +97,7 @@ def main() -> None:
     print(
         f"device {a.device} ({where}),"
         f" {a.clip_len}x{a.crop}x{a.crop}, batch {a.batch_size}, {a.workers} loader workers, amp {a.amp},"
-        f" channels-last {a.channels_last}"
+        f" channels-last {a.channels_last}, compile {a.compile}"
     )
     print("| method | full step, samples/s | compute only, samples/s | full / compute |")
     print("|---|---|---|---|")
@@ -120,13 +113,11 @@ def main() -> None:
             pin_memory=a.device == "cuda",
             drop_last=True,
         )
-        model = method.build_model(0).to(a.device)
-        if a.channels_last:
-            model = model.to(memory_format=torch.channels_last_3d)
+        model = prepare(method.build_model(0), precision, a.device)
         fixed = next(iter(loader))
         repeated = iter(lambda batch=fixed: batch, None)
-        compute = steps(model, method, repeated, a.device, a.amp, a.channels_last, a.seconds)
-        full = steps(model, method, forever(loader), a.device, a.amp, a.channels_last, a.seconds)
+        compute = steps(model, method, repeated, a.device, precision, a.seconds)
+        full = steps(model, method, forever(loader), a.device, precision, a.seconds)
         print(f"| {name} | {full:.2f} | {compute:.2f} | {full / compute:.2f} |")
     print("(a VCOP sample is a tuple of 3 clips)")
 

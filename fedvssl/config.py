@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedvssl.data.lists import DOWNSTREAM_READERS
 from fedvssl.errors import ConfigError
+from fedvssl.models.precision import Precision
 from fedvssl.ssl.base import SSLMethod
 
 # The Hydra configs: conf/ beside the package in a checkout, fedvssl/conf once installed.
@@ -91,6 +92,10 @@ def validate(cfg: DictConfig) -> None:
         cfg.runtime.decode_backend in ("auto", "decord", "pyav"),
         f"runtime.decode_backend={cfg.runtime.decode_backend} must be auto, decord or pyav",
     )
+    try:
+        Precision(**cfg.runtime.get("precision", {}))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"runtime.precision: {e}") from None
     try:
         method = build_method(cfg)
     except Exception as e:  # Hydra wraps the method's own ValueError; keep its message

@@ -17,9 +17,19 @@ from omegaconf import DictConfig, OmegaConf
 from fedvssl.data.lists import DownstreamSet, PretrainSource
 from fedvssl.data.screening import ScreeningSettings
 from fedvssl.errors import ConfigError
+from fedvssl.models.precision import Precision
 from fedvssl.models.r3d import BackboneSize
 
 T = TypeVar("T")
+
+
+def _writable(node: DictConfig) -> DictConfig:
+    """A frozen dataclass's schema made mergeable, nested frozen dataclasses (``Precision``) included."""
+    OmegaConf.set_readonly(node, False)
+    for key in node:
+        if isinstance(child := node._get_node(key), DictConfig):
+            _writable(child)
+    return node
 
 
 def settings(cls: type[T], node: DictConfig | dict[str, Any], **values: Any) -> T:
@@ -27,7 +37,7 @@ def settings(cls: type[T], node: DictConfig | dict[str, Any], **values: Any) -> 
     names = [f.name for f in fields(cls)]
     picked = {k: node[k] for k in names if k in node and k not in values}
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(cls), {**picked, **values})
+        merged = OmegaConf.merge(_writable(OmegaConf.structured(cls)), {**picked, **values})
         return OmegaConf.to_object(merged)
     except Exception as e:  # OmegaConf's errors carry the key apart from the message
         key = getattr(e, "full_key", "") or "?"
@@ -51,6 +61,8 @@ class ClientSettings:
     partition_dir: str
     videos: str  # dataset.pretrain.videos
     run_dir: str
+    precision: Precision = field(default_factory=Precision)  # runtime.precision
+    transfer_dtype: str = "float32"  # strategy.transfer_dtype: how the shared tensors travel back
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,7 @@ class ClipInput:
     eval_workers: int
     device: str
     progress: bool
+    precision: Precision = field(default_factory=Precision)  # runtime.precision
 
 
 @dataclass(frozen=True)
@@ -129,6 +142,7 @@ def client_settings(cfg: DictConfig) -> ClientSettings:
         cfg.runtime,
         seed=cfg.seed,
         share=cfg.strategy.share,
+        transfer_dtype=cfg.strategy.get("transfer_dtype", "float32"),
         batch_size=cfg.train.batch_size,
         failure_rate=cfg.get("fault", {}).get("client_failure_rate", 0.0),
         partition_dir=cfg.partition.dir,

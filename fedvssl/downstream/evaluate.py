@@ -57,8 +57,9 @@ def evaluate_states(s: EvaluationSettings, states: Mapping[str, State]) -> dict[
         start = time.perf_counter()
         backbones = {tag: build_backbone(state, s.seed, s.backbone) for tag, state in states.items()}
         device = str(device_of(s.clips.device))
-        g, gl = extract_features(backbones, _loader(train, s), device, progress=s.clips.progress)
-        q, ql = extract_features(backbones, _loader(test, s), device, progress=s.clips.progress)
+        p, shown = s.clips.precision, s.clips.progress
+        g, gl = extract_features(backbones, _loader(train, s), device, progress=shown, precision=p)
+        q, ql = extract_features(backbones, _loader(test, s), device, progress=shown, precision=p)
         seconds = round((time.perf_counter() - start) / len(states), 2)
         for i, (tag, state) in enumerate(states.items()):
             scores: dict = {"retrieval": recall_at_k(q[tag], ql, g[tag], gl, ks), "time_s": seconds}

@@ -26,8 +26,9 @@ from fedvssl.data.presets import TrainPreset
 from fedvssl.data.samplers import random_clip_indices, read_clip
 from fedvssl.data.transforms import at_crop
 from fedvssl.downstream.views import view_loader
-from fedvssl.models.device import device_of, to_device
+from fedvssl.models.device import device_of
 from fedvssl.models.heads import ClsHead
+from fedvssl.models.precision import FP32, Precision, autocast, grad_scaler, pin_memory, prepare, to_device, to_input
 from fedvssl.models.r3d import PAPER_SIZE, R3D18, BackboneSize, load_backbone
 from fedvssl.settings import ClipInput, EvaluationSettings, FinetuneSettings
 
@@ -91,9 +92,13 @@ def accuracies(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> 
 
 @torch.inference_mode()
 def video_logits(
-    model: nn.Module, loader: DataLoader, progress: bool = False, device: str | torch.device = "cpu"
+    model: nn.Module,
+    loader: DataLoader,
+    progress: bool = False,
+    device: str | torch.device = "cpu",
+    precision: Precision = FP32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clip logits averaged per video (undecodable videos left out)."""
+    """Clip logits averaged per video (undecodable videos left out), under ``precision``'s autocast."""
     model.eval()
     out, labels = [], []
     for batch in tqdm(loader, desc="test", disable=not progress, leave=False):
@@ -101,7 +106,9 @@ def video_logits(
         views = batch["imgs"][keep]
         if len(views):
             b, c = views.shape[:2]
-            out.append(model(views.flatten(0, 1).to(device)).view(b, c, -1).mean(1).float().cpu())
+            with autocast(precision, device):
+                logits = model(to_input(views.flatten(0, 1), precision, device))
+            out.append(logits.float().reshape(b, c, -1).mean(1).cpu())
             labels.append(torch.as_tensor(batch["label"])[keep])
     return torch.cat(out), torch.cat(labels)
 
@@ -114,16 +121,17 @@ def finetune(
     state: Mapping[str, np.ndarray] | None,
 ) -> dict[str, Any]:
     """Train the classifier for ``finetune.training.epochs`` and test it with uniform clips."""
-    t, clips, seed = s.finetune, s.clips, s.seed
+    t, clips, seed, p = s.finetune, s.clips, s.seed, s.clips.precision
     device = device_of(clips.device)
     start = time.perf_counter()
-    model = build_classifier(state, num_classes, t.dropout, seed, s.backbone).to(device)
+    model = prepare(build_classifier(state, num_classes, t.dropout, seed, s.backbone), p, device)
     if t.linear_probe:
         for p in model.backbone.parameters():
             p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=t.milestones, gamma=0.1)
+    scaler = grad_scaler(p, device)
     torch.manual_seed(seed)
     losses = []
     for epoch in tqdm(range(t.epochs), desc="fine-tune", disable=not clips.progress):
@@ -135,22 +143,26 @@ def finetune(
             batch_size=t.batch_size,
             shuffle=True,
             num_workers=clips.eval_workers,
+            pin_memory=pin_memory(device),
             generator=torch.Generator().manual_seed(seed * 1000 + epoch),
         )
         total, seen = 0.0, 0
         for batch in loader:
-            batch = to_device(batch, device)
-            loss = F.cross_entropy(model(batch["imgs"]), batch["label"])
+            batch = to_device(batch, p, device)
+            with autocast(p, device):
+                loss = F.cross_entropy(model(batch["imgs"]), batch["label"])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)  # clip the true gradients (a no-op unless fp16)
             torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             total, seen = total + loss.item() * len(batch["label"]), seen + len(batch["label"])
         sched.step()
         losses.append(total / max(seen, 1))
         log.info("fine-tune epoch %d: loss %.4f", epoch + 1, losses[-1])
     loader = view_loader(test, clips, t.stride, t.num_test_clips, s.retrieval.resize_hw, s.retrieval.batch_size)
-    logits, labels = video_logits(model, loader, clips.progress, device)
+    logits, labels = video_logits(model, loader, clips.progress, device, p)
     return {
         **accuracies(logits, labels, num_classes),
         "epochs": t.epochs,

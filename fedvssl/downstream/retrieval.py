@@ -16,20 +16,27 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from fedvssl.models.precision import FP32, Precision, autocast, prepare, to_input
+
 RETRIEVAL_POOL = (2, 3, 3)
 
 
 @torch.inference_mode()
 def extract_features(
-    backbones: Mapping[str, nn.Module], loader: DataLoader, device: str = "cpu", progress: bool = False
+    backbones: Mapping[str, nn.Module],
+    loader: DataLoader,
+    device: str = "cpu",
+    progress: bool = False,
+    precision: Precision = FP32,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Video descriptors [N, 9216] per named backbone, and labels [N], batched, in eval mode.
 
     Every backbone sees the same decoded batch, so the clips are decoded once however
-    many backbones (pretrained, random init) are compared.
+    many backbones (pretrained, random init) are compared. The backbones run in
+    ``precision`` (autocast, memory format, compile); the descriptors are float32.
     """
     for backbone in backbones.values():
-        backbone.eval().to(device)
+        prepare(backbone.eval(), precision, device)
     pool = nn.AdaptiveAvgPool3d(RETRIEVAL_POOL)
     feats: dict[str, list[torch.Tensor]] = {tag: [] for tag in backbones}
     labels = []
@@ -39,9 +46,11 @@ def extract_features(
         if len(views) == 0:
             continue
         b, c = views.shape[:2]
-        clips = views.flatten(0, 1).to(device)
+        clips = to_input(views.flatten(0, 1), precision, device)
         for tag, backbone in backbones.items():
-            feats[tag].append(pool(backbone(clips)).flatten(1).view(b, c, -1).mean(1).float().cpu())
+            with autocast(precision, device):
+                out = backbone(clips)
+            feats[tag].append(pool(out.float()).flatten(1).view(b, c, -1).mean(1).cpu())
         labels.append(torch.as_tensor(batch["label"])[keep])
     return {tag: torch.cat(f) for tag, f in feats.items()}, torch.cat(labels)
 

@@ -9,6 +9,8 @@ from torch.utils.data import DataLoader
 from fedvssl.data.annotations import VideoRecord
 from fedvssl.data.datasets import ClipsDataset
 from fedvssl.data.transforms import at_crop
+from fedvssl.models.device import device_of
+from fedvssl.models.precision import pin_memory
 from fedvssl.settings import ClipInput
 
 
@@ -23,4 +25,5 @@ def view_loader(
     """``num_clips`` test views per video; ``resize_hw`` is given at the reference 112 crop."""
     size_hw = (at_crop(resize_hw[0], clips.crop_size), at_crop(resize_hw[1], clips.crop_size))
     views = ClipsDataset(records, clips.clip_len, stride, num_clips, size_hw, clips.crop_size, clips.decode_backend)
-    return DataLoader(views, batch_size=batch_size, num_workers=clips.eval_workers)
+    pin = pin_memory(device_of(clips.device))
+    return DataLoader(views, batch_size=batch_size, num_workers=clips.eval_workers, pin_memory=pin)

@@ -19,7 +19,8 @@ from tqdm import tqdm
 from fedvssl.data.client_dist import client_file, read_partition
 from fedvssl.data.datasets import PretextDataset
 from fedvssl.errors import DataError
-from fedvssl.models.device import device_of, to_device
+from fedvssl.models.device import device_of
+from fedvssl.models.precision import FP32, Precision, autocast, grad_scaler, pin_memory, prepare, to_device
 from fedvssl.models.r3d import BACKBONE_PREFIX
 from fedvssl.processes import rss_mb
 from fedvssl.run_folder import RunFolder
@@ -71,25 +72,34 @@ def train_epoch(
     loader: DataLoader,
     progress: bool = False,
     device: str | torch.device = "cpu",
+    precision: Precision = FP32,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns the mean loss, mean metrics and the sample count."""
+    """One pass over ``loader``; returns the mean loss, mean metrics and the sample count.
+
+    ``model`` is already on ``device`` in ``precision``'s format (:func:`prepare`); the
+    forward pass and the loss run under its autocast, the backward pass outside it.
+    """
     device = torch.device(device)
     model.train()
     optimizer = method.make_optimizer(model)
+    scaler = grad_scaler(precision, device)
     clip = method.optimizer.get("grad_clip")
     total, seen, sums, replaced = 0.0, 0, {}, []
     for batch in tqdm(loader, desc="local epoch", disable=not progress, leave=False):
         bad = batch.pop("bad", None)
         if bad is not None:
             replaced += [int(b) for b in torch.as_tensor(bad).tolist() if b >= 0]
-        loss, metrics = method.loss(model, to_device(batch, device))
+        with autocast(precision, device):
+            loss, metrics = method.loss(model, to_device(batch, precision, device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if clip:
+            scaler.unscale_(optimizer)  # clip the true gradients (a no-op unless fp16)
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         n = len(next(iter(batch.values())))
         total += loss.item() * n
         seen += n
@@ -126,7 +136,7 @@ def local_train(
     if share != "full" and (head := run.load_head_before(partition_id, server_round)) is not None:
         model.load_state_dict(head, strict=False)
     load_shared(model, global_arrays, keys)
-    model.to(device)
+    prepare(model, s.precision, device)
 
     partition_file = client_file(Path(s.partition_dir), partition_id + 1)
     listed = read_partition(partition_file, Path(s.videos))
@@ -149,10 +159,10 @@ def local_train(
         shuffle=True,
         num_workers=s.num_workers,
         persistent_workers=False,
-        pin_memory=device.type == "cuda",
+        pin_memory=pin_memory(device),
         generator=torch.Generator().manual_seed(seed_of(s.seed, server_round, partition_id)),
     )
-    metrics = train_epoch(model, method, loader, progress=s.progress, device=device)
+    metrics = train_epoch(model, method, loader, progress=s.progress, device=device, precision=s.precision)
     metrics["num-examples"] = len(records)  # n_k: the client's videos, however many clips each gave
 
     if share != "full":
