@@ -62,7 +62,6 @@ class ClientSettings:
     videos: str  # dataset.pretrain.videos
     run_dir: str
     precision: Precision = field(default_factory=Precision)  # runtime.precision
-    transfer_dtype: str = "float32"  # strategy.transfer_dtype: how the shared tensors travel back
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,6 @@ def client_settings(cfg: DictConfig) -> ClientSettings:
         cfg.runtime,
         seed=cfg.seed,
         share=cfg.strategy.share,
-        transfer_dtype=cfg.strategy.get("transfer_dtype", "float32"),
         batch_size=cfg.train.batch_size,
         failure_rate=cfg.get("fault", {}).get("client_failure_rate", 0.0),
         partition_dir=cfg.partition.dir,

@@ -100,3 +100,32 @@ def process_group(pgid: int) -> list[str]:
             if int(text.rsplit(")", 1)[1].split()[2]) == pgid:
                 found.append(text)
     return found
+
+
+def r3d_backbone_state() -> dict:
+    """R3D-18's 120 backbone tensors (133 MB as float32), with trained-looking BN means and counters."""
+    from fedvssl.federated.training import shared_keys, state_to_numpy
+
+    model = make_speed().build_model(0)
+    state = state_to_numpy(model, shared_keys(model, "backbone"))
+    rng = np.random.default_rng(0)
+    for k, v in state.items():
+        if k.endswith("running_mean"):
+            state[k] = rng.normal(size=v.shape).astype(np.float32)
+        elif k.endswith("num_batches_tracked"):
+            state[k] = np.array(123456789, np.int64)
+    return state
+
+
+# bfloat16 keeps 8 significant bits: rounding to nearest moves a value by at most 2^-8 of it.
+BF16_REL = 2.0**-8
+
+
+def assert_within_bf16_rounding(decoded: dict, state: dict) -> None:
+    """Float tensors within bfloat16 rounding of ``state``, integer ones (BN counters) exact, dtypes kept."""
+    for k, v in state.items():
+        assert decoded[k].dtype == v.dtype and decoded[k].shape == v.shape, k
+        if np.issubdtype(v.dtype, np.integer):
+            np.testing.assert_array_equal(decoded[k], v)
+        else:
+            assert np.all(np.abs(decoded[k] - v) <= BF16_REL * np.abs(v)), k

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from helpers import assert_within_bf16_rounding, r3d_backbone_state
 
 from fedvssl.federated.records import numpy_to_record, record_to_numpy
 from fedvssl.federated.strategy import FedVSSL
@@ -191,3 +192,58 @@ def test_a_new_weighting_is_one_subclass_and_one_yaml(tmp_path):
     new, _ = strategy.aggregate_train(1, replies)
     np.testing.assert_allclose(record_to_numpy(new)["backbone.w"], 3.0)  # (0 + 3 + 6) / 3
     assert strategy.history[0]["weights"] == pytest.approx([1 / 3] * 3)
+
+
+@pytest.fixture(scope="module")
+def transfer_state():
+    return r3d_backbone_state()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_round_sends_and_receives_in_the_transfer_dtype(tmp_path, transfer_state, dtype):
+    """Server -> clients -> server: bytes in history.json, float32 aggregate and checkpoint."""
+    strategy = FedVSSL(0.9, 1, "backbone", 2, 3, seed=7, out_dir=tmp_path, transfer_dtype=dtype)
+    msgs = list(
+        strategy.configure_train(1, numpy_to_record(transfer_state), ConfigRecord({"x": 1}), StaticGrid([1, 2, 3]))
+    )
+    received = [record_to_numpy(m.content["arrays"]) for m in msgs]
+    assert_within_bf16_rounding(received[0], transfer_state)
+    # Each client returns what it got, scaled, in the same dtype the server sent.
+    states = [{k: (v * (1 + i) if v.dtype == np.float32 else v) for k, v in r.items()} for i, r in enumerate(received)]
+    metrics = [MetricRecord({"train-loss": 1.0, "num-examples": 10, "partition-id": i}) for i in range(2)]
+    replies = [
+        Message(content=RecordDict({"arrays": numpy_to_record(s, dtype), "metrics": mr}), reply_to=m)
+        for m, s, mr in zip(msgs, states, metrics, strict=True)
+    ]
+    new, _ = strategy.aggregate_train(1, replies)
+    entry = json.loads((tmp_path / "history.json").read_text())[-1]
+    checkpoint = load_npz(tmp_path / "checkpoints" / "round-1.npz")
+    w = "backbone.stem.conv.weight"
+    assert checkpoint[w].dtype == np.float32 and record_to_numpy(new)[w].dtype == np.float32
+    assert_within_bf16_rounding(
+        checkpoint, {k: 1.5 * v if v.dtype == np.float32 else v for k, v in transfer_state.items()}
+    )
+    return_sizes = (entry["bytes_sent"], entry["bytes_received"])
+    full = 2 * numpy_to_record(transfer_state).count_bytes()
+    if dtype == "float32":
+        assert return_sizes == (full, full)
+        np.testing.assert_allclose(checkpoint[w], 1.5 * transfer_state[w], rtol=1e-6)
+    else:
+        assert all(0.5 <= n / full < 0.501 for n in return_sizes)
+        assert not np.allclose(checkpoint[w], 1.5 * transfer_state[w], rtol=1e-6, atol=0)
+
+
+def test_clients_are_told_the_transfer_dtype_with_each_message(tmp_path, transfer_state):
+    """Only the strategy holds strategy.transfer_dtype; every train message carries it to the client."""
+    from helpers import ROOT
+    from hydra import compose, initialize_config_dir
+
+    from fedvssl.config import client_config
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", ["run.dir=.", "strategy.transfer_dtype=bfloat16"])
+    assert cfg.strategy.transfer_dtype == "bfloat16" and "transfer_dtype" not in client_config(cfg).strategy
+    strategy = FedVSSL(0.9, 1, "backbone", 2, 3, seed=7, out_dir=tmp_path, transfer_dtype="bfloat16")
+    state = {"backbone.w": transfer_state["backbone.stem.conv.weight"]}
+    msgs = strategy.configure_train(1, numpy_to_record(state), ConfigRecord({}), StaticGrid([1, 2, 3]))
+    assert all(m.content["config"]["transfer-dtype"] == "bfloat16" for m in msgs)

@@ -41,7 +41,9 @@ def train(msg: Message, context: Context) -> Message:
         client_settings(cfg), build_method(cfg), partition_id, int(config["server-round"]), record_to_numpy(arrays)
     )
     metrics["partition-id"] = partition_id
-    content = RecordDict({"arrays": numpy_to_record(shared), "metrics": MetricRecord(metrics)})
+    # The reply travels in the dtype the server sent (strategy.transfer_dtype); the model trained in float32.
+    reply = numpy_to_record(shared, str(config.get("transfer-dtype", "float32")))
+    content = RecordDict({"arrays": reply, "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 
 

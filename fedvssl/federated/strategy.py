@@ -21,7 +21,7 @@ from flwr.serverapp.strategy import FedAvg
 from tqdm import tqdm
 
 from fedvssl.federated.aggregation import beta_step, client_weights, weighted_average
-from fedvssl.federated.records import LazyArrays, numpy_to_record, record_to_numpy
+from fedvssl.federated.records import TRANSFER_DTYPES, LazyArrays, numpy_to_record, record_to_numpy
 from fedvssl.processes import rss_mb
 from fedvssl.run_folder import RunFolder
 
@@ -51,7 +51,14 @@ class FedVSSL(FedAvg):
 
     @staticmethod
     def check_settings(
-        alpha: float, beta: int, share: str, clients_per_round: int, num_clients: int, min_replies: int = 1, **_: object
+        alpha: float,
+        beta: int,
+        share: str,
+        clients_per_round: int,
+        num_clients: int,
+        min_replies: int = 1,
+        transfer_dtype: str = "float32",
+        **_: object,
     ) -> None:
         """The strategy's settings, checked once: here, by ``__init__`` and by the config check before any work."""
         if not (isinstance(alpha, int | float) and not isinstance(alpha, bool) and 0.0 <= alpha <= 1.0):
@@ -68,6 +75,8 @@ class FedVSSL(FedAvg):
             raise ValueError(
                 f"strategy.min_replies={min_replies} must be in [1, clients_per_round={clients_per_round}]"
             )
+        if transfer_dtype not in TRANSFER_DTYPES:
+            raise ValueError(f"strategy.transfer_dtype={transfer_dtype!r} must be one of {', '.join(TRANSFER_DTYPES)}")
 
     def __init__(
         self,
@@ -84,8 +93,9 @@ class FedVSSL(FedAvg):
         progress_rounds: int = 0,
         keep_last: int = 0,
         keep_every: int = 0,
+        transfer_dtype: str = "float32",
     ) -> None:
-        self.check_settings(alpha, beta, share, clients_per_round, num_clients, min_replies)
+        self.check_settings(alpha, beta, share, clients_per_round, num_clients, min_replies, transfer_dtype)
         super().__init__(
             fraction_train=clients_per_round / num_clients,
             fraction_evaluate=0.0,
@@ -95,6 +105,9 @@ class FedVSSL(FedAvg):
         self.alpha, self.beta, self.share = float(alpha), int(beta), share
         self.clients_per_round, self.num_clients, self.seed = clients_per_round, num_clients, seed
         self.min_replies = min_replies
+        # How the shared tensors travel both ways (float32 or bfloat16); the server keeps and
+        # aggregates float32, and checkpoints are float32.
+        self.transfer_dtype = transfer_dtype
         # On resume, Flower's loop restarts at 1: rounds are shifted by the completed ones.
         self.start_round = start_round
         # Checkpoints, history and the reason for an early stop go to the run folder (none: memory only).
@@ -151,6 +164,9 @@ class FedVSSL(FedAvg):
         self._previous = record_to_numpy(arrays)  # G_{t-1}, needed by the beta step
         nodes = self.sample(grid, server_round)
         config["server-round"] = server_round
+        config["transfer-dtype"] = self.transfer_dtype  # the clients reply in the same dtype
+        if self.transfer_dtype != "float32":
+            arrays = numpy_to_record(self._previous, self.transfer_dtype)
         self._round = {"start": time.perf_counter(), "bytes_sent": arrays.count_bytes() * len(nodes)}
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return [Message(content=record, dst_node_id=node, message_type=MessageType.TRAIN) for node in nodes]

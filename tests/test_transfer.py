@@ -1,0 +1,37 @@
+"""``strategy.transfer_dtype=bfloat16``: the shared tensors travel as bfloat16, half the bytes.
+
+The server keeps, aggregates and checkpoints float32; the BN counters stay exact.
+"""
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_within_bf16_rounding, r3d_backbone_state
+
+from fedvssl.federated.records import LazyArrays, numpy_to_record, record_to_numpy
+from fedvssl.federated.strategy import FedVSSL
+
+
+@pytest.fixture(scope="module")
+def backbone_state():
+    return r3d_backbone_state()
+
+
+def test_bf16_record_halves_the_bytes_and_rounds_like_torch(backbone_state):
+    fp32, bf16 = numpy_to_record(backbone_state), numpy_to_record(backbone_state, "bfloat16")
+    # R3D-18's backbone: 133 MB as float32; per-tensor headers keep the ratio a hair above 1/2.
+    assert 0.5 <= bf16.count_bytes() / fp32.count_bytes() < 0.501
+    decoded = record_to_numpy(bf16)
+    assert_within_bf16_rounding(decoded, backbone_state)
+    w = "backbone.stem.conv.weight"
+    assert not np.array_equal(decoded[w], backbone_state[w])  # really rounded
+    np.testing.assert_array_equal(decoded[w], torch.from_numpy(backbone_state[w]).bfloat16().float().numpy())
+    lazy = LazyArrays(bf16)  # what the server aggregates from
+    assert all(np.array_equal(lazy[k], decoded[k]) for k in backbone_state)
+    assert record_to_numpy(fp32).keys() == backbone_state.keys()
+    np.testing.assert_array_equal(record_to_numpy(fp32)[w], backbone_state[w])
+
+
+def test_unknown_transfer_dtype_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="strategy.transfer_dtype='float16' must be one of float32, bfloat16"):
+        FedVSSL(0.9, 1, "backbone", 2, 3, seed=7, out_dir=tmp_path, transfer_dtype="float16")
