@@ -6,6 +6,7 @@ Hydra multirun sweep). Everything a run produces lands in its Hydra run folder.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -74,11 +75,21 @@ def evaluate(cfg: DictConfig, checkpoint: Path) -> dict:
 
 def run(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from fedvssl.reports.plots import history_frame, plot_history
     from fedvssl.reports.tables import results_markdown
 
     run = RunFolder(cfg.run.dir)
+    if cfg.resume_sweep and HydraConfig.get().mode == RunMode.MULTIRUN:
+        # A sweep run again (same hydra.sweep.dir): finished jobs are kept, unfinished
+        # ones continue after their last completed round.
+        if run.results.is_file():
+            print(f"{run.root}: finished before ({run.results.name}), skipped")
+            return json.loads(run.results.read_text())
+        if run.config.is_file() and not cfg.resume:
+            print(f"{run.root}: unfinished, resuming")
+            cfg.resume = True
     if cfg.resume and not run.config.is_file():
         raise ConfigError(f"resume=true: {run.root} holds no run to resume; give the run's folder as hydra.run.dir=...")
     times = {}

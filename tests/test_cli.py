@@ -133,6 +133,18 @@ def test_multirun_sweep(tmp_path, flower_env, world):
         assert row["min gain"] == pytest.approx(gain, abs=0.01) and row["seeds"] == 1
     assert "Over seeds" in proc.stdout and "random init" in proc.stdout
 
+    # The same sweep again: the finished job is skipped, the unfinished one resumes.
+    kept = (sweep / "0" / "results.json").read_bytes()
+    (sweep / "1" / "results.json").unlink()
+    again = run_main([*args, f"hydra.sweep.dir={sweep}"], flower_env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{sweep / '0'}: finished before (results.json), skipped" in again.stdout
+    assert f"{sweep / '1'}: unfinished, resuming" in again.stdout
+    assert (sweep / "0" / "results.json").read_bytes() == kept
+    assert len(json.loads((sweep / "1" / "history.json").read_text())) == 1  # no round trained twice
+    assert set(json.loads((sweep / "1" / "results.json").read_text())) == {"ucf101", "run"}
+    assert len(pd.read_csv(sweep / "seeds.csv").query("metric == 'R@1'")) == 2  # both jobs in the summary
+
 
 def test_broken_data_is_skipped_and_reported(tmp_path, flower_env, broken_world):
     run = tmp_path / "run"
