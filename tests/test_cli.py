@@ -202,7 +202,14 @@ def test_too_much_broken_data_stops_before_training(tmp_path, flower_env, broken
 def test_ctp_federation(tmp_path, flower_env, world):
     """The paper's main pretext task through the whole path (16-frame clips, 32x32)."""
     run = tmp_path / "run"
-    args = ["ssl=ctp", "input.clip_len=16", "input.crop_size=32", "partition.num_clients=2", "num_rounds=1"]
+    args = [
+        "ssl=ctp",
+        "model=paper",
+        "input.clip_len=16",
+        "input.crop_size=32",
+        "partition.num_clients=2",
+        "num_rounds=1",
+    ]
     args += ["finetune=hmdb51", "finetune.retrieval.num_clips=1", f"dataset.root={world}", f"hydra.run.dir={run}"]
     proc = run_main(args, flower_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
