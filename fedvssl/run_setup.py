@@ -50,7 +50,7 @@ def generate_data(cfg: DictConfig) -> None:
             log.info("generated the synthetic dataset in %s (%.1f s)", cfg.dataset.root, time.perf_counter() - start)
 
 
-def prepare_data(cfg: DictConfig) -> None:
+def screen_and_partition(cfg: DictConfig) -> None:
     """Generate the embedded data if asked to, screen every list, write the client partitions."""
     generate_data(cfg)
     checks, source = screening(cfg), pretrain_source(cfg)
@@ -97,7 +97,7 @@ def set_up_run(cfg: DictConfig) -> Path:
     for key, value in FLOWER_ENV.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("FLWR_HOME", str(run.flwr_home))
-    prepare_data(cfg)
+    screen_and_partition(cfg)
     run.clear_stop()
     config_path = run.write_config(to_yaml(cfg))
     os.environ[CONFIG_ENV] = str(config_path)

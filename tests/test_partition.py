@@ -41,12 +41,12 @@ def test_main_job_splits_ucf101_as_the_partition_command(tmp_path, world):
     """The main job's iid split of UCF-101 is Flower's: trainlist order, then the seeded shuffle."""
     from hydra import compose, initialize_config_dir
 
-    from fedvssl.run_setup import prepare_data
+    from fedvssl.run_setup import screen_and_partition
 
     overrides = ["dataset=ucf101", f"dataset.root={world}", "partition.num_clients=3", f"run.dir={tmp_path}"]
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, f"data.probe_cache={tmp_path / 'cache'}", "finetune=ucf101"])
-    prepare_data(cfg)
+    screen_and_partition(cfg)
     items, _ = ucf101_items(world / "ucf101")
     assert items != sorted(items)  # the world's trainlist is not in name order, so the check can fail
     for k, part in enumerate(iid(items, 3, seed=7), start=1):
