@@ -9,7 +9,10 @@ import os
 import re
 import stat
 
+import pytest
 from helpers import run_main
+
+pytestmark = pytest.mark.slow  # a Hydra sweep in a subprocess
 
 ROWS = "fedvssl_a0_b0,fedvssl_a0_b1,fedvssl_a1_b0,fedvssl_a1_b1,fedvssl_a09_b0,fedvssl_a09_b1"
 
