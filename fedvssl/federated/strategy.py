@@ -150,10 +150,17 @@ class FedVSSL(FedAvg):
 
     def sample(self, grid: Grid, server_round: int) -> list[int]:
         """Seeded uniform sampling of partition ids, so a run's choices repeat from its seed."""
-        while len(nodes := sorted(grid.get_node_ids())) < self.num_clients:
+        while True:
+            nodes = sorted(grid.get_node_ids())
+            if len(nodes) >= self.num_clients:
+                listed = self.partition_ids(grid, nodes)
+                # A restarted SuperNode comes back under a new node id while its old id stays
+                # listed until its heartbeats lapse: the node of a partition seen last wins.
+                by_partition = {pid: node for node, pid in self._partitions.items() if node in listed}
+                if len(by_partition) >= self.num_clients:
+                    break
             log.info("waiting for nodes: %d of %d connected", len(nodes), self.num_clients)
             time.sleep(1)
-        by_partition = {pid: node for node, pid in self.partition_ids(grid, nodes).items()}
         chosen = random.Random(f"{self.seed}/{server_round}").sample(sorted(by_partition), self.clients_per_round)
         return [by_partition[pid] for pid in chosen]
 
@@ -169,7 +176,9 @@ class FedVSSL(FedAvg):
             arrays = numpy_to_record(self._previous, self.transfer_dtype)
         self._round = {"start": time.perf_counter(), "bytes_sent": arrays.count_bytes() * len(nodes)}
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return [Message(content=record, dst_node_id=node, message_type=MessageType.TRAIN) for node in nodes]
+        # Kept so that aggregate_train can name the nodes that did not reply (the grid sets their ids).
+        self._round["sent"] = [Message(content=record, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
+        return self._round["sent"]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -178,20 +187,33 @@ class FedVSSL(FedAvg):
         replies = list(replies)
         valid, failed = [m for m in replies if not m.has_error()], [m for m in replies if m.has_error()]
         log.info("round %d: %d replies, %d failures", server_round, len(valid), len(failed))
+        # An error the SuperLink writes (a node that stopped sending heartbeats) comes from the
+        # SuperLink itself: name the node the message went to.
+        sent = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in self._round.get("sent", [])}
+        failed_nodes = [sent.get(m.metadata.reply_to_message_id, int(m.metadata.src_node_id)) for m in failed]
         failures = [
-            {
-                "node_id": int(m.metadata.src_node_id),
-                "partition_id": self._partitions.get(m.metadata.src_node_id, -1),
-                "reason": short_reason(m.error.reason),
-            }
-            for m in failed
+            {"node_id": n, "partition_id": self._partitions.get(n, -1), "reason": short_reason(m.error.reason)}
+            for n, m in zip(failed_nodes, failed, strict=True)
         ]
+        replied = {sent.get(m.metadata.reply_to_message_id, int(m.metadata.src_node_id)) for m in replies}
+        silent = [n for n in sent.values() if n not in replied]
+        if silent:
+            # Flower's send_and_receive returned at runtime.round_timeout_s without these replies.
+            elapsed = time.perf_counter() - self._round.get("start", time.perf_counter())
+            log.warning(
+                "round %d timed out after %.0f s (runtime.round_timeout_s): no reply from client(s) %s",
+                server_round,
+                elapsed,
+                [self._partitions.get(n, -1) for n in silent],
+            )
+            reason = f"no reply within runtime.round_timeout_s (round timed out after {elapsed:.0f} s)"
+            failures += [{"node_id": n, "partition_id": self._partitions.get(n, -1), "reason": reason} for n in silent]
         for f in failures:
             log.warning("round %d: client %d failed: %s", server_round, f["partition_id"], f["reason"])
         if len(valid) < self.min_replies:
             first = failures[0]["reason"] if failures else "none"
             message = (
-                f"round {server_round}: {len(valid)} of {len(valid) + len(failed)} clients replied, fewer than "
+                f"round {server_round}: {len(valid)} of {len(valid) + len(failures)} clients replied, fewer than "
                 f"strategy.min_replies={self.min_replies}; first failure: {first}"
             )
             if self.run is not None:
