@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from pathlib import Path
@@ -23,6 +24,31 @@ from fedvssl.run_setup import set_up_run
 log = logging.getLogger("fedvssl")
 
 
+def ray_init_args(address: str | None) -> dict:
+    """``ray.init`` arguments: a private Ray instance, or the running cluster at ``address``.
+
+    With ``runtime.ray_address`` (``host:port`` of a head started with ``ray start --head``,
+    or ``auto`` for the one on this machine), the simulation's actors run on that cluster's
+    nodes, and ``runtime.num_cpus_per_client`` / ``num_gpus_per_client`` are counted against
+    its CPUs and GPUs. Ray's own settings (object store, dashboard) are the cluster's then.
+    """
+    if not address:
+        return {"include_dashboard": False, "logging_level": "error"}
+    address = str(address)
+    if address != "auto":
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"runtime.ray_address={address} must be host:port (the head's GCS port) or auto")
+        try:  # fail in a second with one line, not after Ray's minute of retries
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except OSError as e:
+            raise ConfigError(
+                f"runtime.ray_address={address}: no Ray cluster answers there ({e.strerror or e}); "
+                "start its head with `ray start --head --port=<port>`"
+            ) from None
+    return {"address": address, "logging_level": "error"}
+
+
 def simulate(cfg: DictConfig) -> None:
     """Run the ServerApp and ClientApp in Flower's simulation runtime on Ray."""
     from flwr.simulation import run_simulation
@@ -34,7 +60,7 @@ def simulate(cfg: DictConfig) -> None:
     rt = cfg.runtime
     backend = {
         "client_resources": {"num_cpus": int(rt.num_cpus_per_client), "num_gpus": float(rt.num_gpus_per_client)},
-        "init_args": {"include_dashboard": False, "logging_level": "error"},
+        "init_args": ray_init_args(rt.get("ray_address")),
     }
     # A SIGKILLed run cannot stop its Ray processes: record them, and stop those of killed runs.
     registry = Path(cfg.data.probe_cache) / "ray-processes.json"
@@ -132,6 +158,7 @@ def run(cfg: DictConfig) -> dict:
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     validate(cfg)
+    ray_init_args(cfg.runtime.get("ray_address"))  # an unreachable cluster fails before any work
     run(cfg)
 
 
