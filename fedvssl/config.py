@@ -56,6 +56,20 @@ def validate(cfg: DictConfig) -> None:
         get_class(settings.pop("_target_")).check_settings(num_clients=n, **settings)
     except (ValueError, TypeError, ImportError, AttributeError) as e:
         raise ConfigError(str(e)) from None
+    if cfg.get("monitor") and cfg.monitor.every != 0:  # checked by its class, as the strategy is
+        monitor = OmegaConf.to_container(cfg.monitor, resolve=True)
+        try:
+            get_class(monitor.pop("_target_")).check_settings(evaluated=list(cfg.finetune.datasets), **monitor)
+        except (ValueError, TypeError, ImportError, AttributeError) as e:
+            raise ConfigError(str(e)) from None
+    if cfg.get("logger"):
+        try:  # an optional package (tensorboard) that is not installed fails here, before any work
+            get_class(cfg.logger._target_)
+        except (ImportError, AttributeError, ValueError) as e:
+            while e.__cause__ is not None:  # Hydra wraps the import's own error twice
+                e = e.__cause__
+            message = str(e).splitlines()[0]
+            raise ConfigError(message if "logger" in message else f"logger: {message}") from None
     _integer(cfg.seed, "seed", 0)
     _integer(cfg.partition.get("seed", 0), "partition.seed", 0)
     _integer(cfg.num_rounds, "num_rounds", 1)

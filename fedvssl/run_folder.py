@@ -36,6 +36,7 @@ class RunFolder:
         self.partition = self.root / "partition"  # the default partition.dir
         self.manifest = self.partition / "manifest.json"
         self.log = self.root / "main.log"
+        self.tensorboard = self.root / "tensorboard"  # event files of logger=tensorboard
         self.flwr_home = self.root / "flwr"
         self._stopped = self.root / "stopped.txt"
 

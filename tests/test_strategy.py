@@ -247,3 +247,88 @@ def test_clients_are_told_the_transfer_dtype_with_each_message(tmp_path, transfe
     state = {"backbone.w": transfer_state["backbone.stem.conv.weight"]}
     msgs = strategy.configure_train(1, numpy_to_record(state), ConfigRecord({}), StaticGrid([1, 2, 3]))
     assert all(m.content["config"]["transfer-dtype"] == "bfloat16" for m in msgs)
+
+
+def test_history_records_each_clients_update_norm_and_bytes(tmp_path):
+    strategy = FedVSSL(0.0, 0, "backbone", 2, 3, seed=7, out_dir=tmp_path)
+    g0 = {"backbone.w": np.zeros((2, 2), np.float32), "backbone.n": np.array(4, np.int64)}
+    msgs = list(strategy.configure_train(1, numpy_to_record(g0), ConfigRecord({}), StaticGrid([1, 2, 3])))
+    moved = [np.full((2, 2), 1.0 + i, np.float32) for i in (0, 1)]  # client i moved each weight by 1 + i
+    states = [{"backbone.w": w, "backbone.n": np.array(100, np.int64)} for w in moved]
+    replies = [reply(m, states[i], 1.0, 5, i) for i, m in enumerate(msgs)]
+    strategy.aggregate_train(1, replies)
+    entry = json.loads((tmp_path / "history.json").read_text())[-1]
+    # |1 - 0| and |2 - 0| over 4 weights; the BatchNorm counter's jump of 96 is left out.
+    assert entry["client_update_norm"] == pytest.approx([2.0, 4.0])
+    assert entry["update_norm"] == pytest.approx(3.0)  # the equal-weight mean, 1.5 everywhere
+    sizes = [numpy_to_record(s).count_bytes() for s in states]
+    assert entry["client_bytes_received"] == sizes and entry["bytes_received"] == sum(sizes)
+
+
+class EveryOther:
+    """A monitor that scores the global model's first value after every 2nd round."""
+
+    every = 2
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, state):
+        self.seen.append(float(state["backbone.w"][0]))
+        return {"global": {"ucf101": {"R@1": 10.0 * len(self.seen)}}}
+
+    def summary(self, results):
+        return f"R@1 {results['global']['ucf101']['R@1']:.1f}"
+
+
+class Recorder:
+    def __init__(self):
+        self.rounds, self.monitored, self.closed = [], [], False
+
+    def log_round(self, entry):
+        self.rounds.append(entry["round"])
+
+    def log_monitor(self, server_round, results):
+        self.monitored.append((server_round, results))
+
+    def close(self):
+        self.closed = True
+
+
+def test_the_monitor_runs_every_n_rounds_through_the_evaluate_hook(tmp_path, caplog):
+    caplog.set_level("INFO", logger="fedvssl.federated.strategy")
+    monitor, logger = EveryOther(), Recorder()
+    strategy = FedVSSL(0.0, 0, "backbone", 2, 3, seed=7, out_dir=tmp_path, monitor=monitor, logger=logger)
+    arrays = numpy_to_record({"backbone.w": np.zeros(2, np.float32)})
+    returned = {0: strategy.evaluate_global(0, arrays)}  # Flower's call before round 1
+    for rnd in (1, 2, 3, 4):
+        msgs = list(strategy.configure_train(rnd, arrays, ConfigRecord({}), StaticGrid([1, 2, 3])))
+        replies = [reply(m, {"backbone.w": np.full(2, rnd, np.float32)}, 1.0, 5, i) for i, m in enumerate(msgs)]
+        arrays, _ = strategy.aggregate_train(rnd, replies)
+        returned[rnd] = strategy.evaluate_global(rnd, arrays)
+    assert [r for r, v in returned.items() if v is not None] == [2, 4]
+    assert monitor.seen == [2.0, 4.0]  # the global model of the round
+    assert dict(returned[4]) == {"global/ucf101/R@1": 20.0}
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert ["monitor" in h for h in history] == [False, True, False, True]
+    assert history[3]["monitor"]["global"] == {"ucf101": {"R@1": 20.0}} and history[3]["monitor"]["time_s"] >= 0
+    assert logger.rounds == [1, 2, 3, 4] and [r for r, _ in logger.monitored] == [2, 4]
+    lines = [r.getMessage() for r in caplog.records if "R@1" in r.getMessage()]
+    assert [line.rsplit(" (", 1)[0] for line in lines] == ["round 2: R@1 10.0", "round 4: R@1 20.0"]
+    strategy.close()
+    assert logger.closed
+
+
+@pytest.mark.parametrize(("done", "scored"), [(4, False), (3, False), (2, True)])
+def test_a_resumed_run_scores_its_last_round_if_the_monitor_missed_it(tmp_path, done, scored):
+    """Flower's round-0 call after a resume is the last completed round: scored if due and not yet scored."""
+    history = [{"round": r} for r in range(1, done + 1)]
+    if done == 4:
+        history[-1]["monitor"] = {"global": {}, "time_s": 1.0}
+    monitor = EveryOther()
+    strategy = FedVSSL(0.0, 0, "backbone", 2, 3, seed=7, out_dir=tmp_path, start_round=done, history=history)
+    strategy.monitor = monitor
+    result = strategy.evaluate_global(0, numpy_to_record({"backbone.w": np.ones(2, np.float32)}))
+    assert (result is not None) == scored and len(monitor.seen) == int(scored)
+    if scored:
+        assert "monitor" in json.loads((tmp_path / "history.json").read_text())[-1]

@@ -7,14 +7,32 @@ import logging
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from fedvssl.config import CONFIG_KEY, build_method, client_config, server_config, to_yaml
 from fedvssl.federated.records import numpy_to_record
 from fedvssl.federated.training import shared_keys, state_to_numpy
 from fedvssl.run_folder import RunFolder
+from fedvssl.settings import evaluation_settings
 
 log = logging.getLogger(__name__)
 app = ServerApp()
+
+
+def observers(cfg: DictConfig, start_round: int) -> dict:
+    """The strategy's optional ``monitor`` and ``logger``, built from their ``_target_``s.
+
+    Neither module is imported when it is off (``monitor.every=0``, no ``logger``).
+    """
+    built = {}
+    if cfg.get("monitor") and cfg.monitor.every:
+        # The settings object is passed at call time: Hydra would turn a dataclass argument into config.
+        build = instantiate(cfg.monitor, _partial_=True, _convert_="all")
+        built["monitor"] = build(settings=evaluation_settings(cfg))
+    if cfg.get("logger"):
+        log_dir = RunFolder(cfg.run.dir).tensorboard
+        built["logger"] = instantiate(cfg.logger, log_dir=str(log_dir), start_round=start_round, _convert_="all")
+    return built
 
 
 @app.main()
@@ -43,12 +61,18 @@ def main(grid: Grid, context: Context) -> None:
         progress_rounds=cfg.num_rounds if cfg.runtime.progress else 0,
         keep_last=cfg.checkpoints.keep_last,
         keep_every=cfg.checkpoints.keep_every,
+        **observers(cfg, done),
         _convert_="all",
     )
-    strategy.start(
-        grid=grid,
-        initial_arrays=numpy_to_record(initial),
-        num_rounds=cfg.num_rounds - done,
-        timeout=float(cfg.runtime.round_timeout_s),
-        train_config=ConfigRecord({CONFIG_KEY: to_yaml(client_config(cfg))}),
-    )
+    try:
+        strategy.start(
+            grid=grid,
+            initial_arrays=numpy_to_record(initial),
+            num_rounds=cfg.num_rounds - done,
+            timeout=float(cfg.runtime.round_timeout_s),
+            train_config=ConfigRecord({CONFIG_KEY: to_yaml(client_config(cfg))}),
+            # Flower's server-side evaluation hook runs the monitor (none when it is off).
+            evaluate_fn=strategy.evaluate_global if strategy.monitor is not None else None,
+        )
+    finally:
+        strategy.close()

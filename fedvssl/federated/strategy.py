@@ -4,6 +4,12 @@ It subclasses Flower's ``FedAvg`` (public API only) and replaces sampling (seede
 and aggregation, whose two decisions are hooks: ``client_weights`` (alpha) and
 ``server_step`` (beta), see ``aggregation.py``. It keeps the previous global model in memory for the beta
 step and writes one checkpoint and one history entry per round.
+
+Two optional observers watch a long run: a ``logger`` (``logger=tensorboard``) gets
+every round's history entry, and a ``monitor`` (``monitor.every``) scores the global
+model every few rounds through Flower's server-side ``evaluate_fn``. Both are built
+outside this module (by Hydra ``_target_``), so the federated stage never imports
+the downstream evaluation or the reports.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ import logging
 import random
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -28,11 +35,49 @@ from fedvssl.run_folder import RunFolder
 log = logging.getLogger(__name__)
 
 
+class Monitor(Protocol):
+    """What the strategy asks of a monitor (``fedvssl.downstream.monitor.RetrievalMonitor``)."""
+
+    every: int  # score the global model after every ``every``-th round
+
+    def __call__(self, state: Mapping[str, np.ndarray]) -> dict:
+        """Scores of the global model's shared tensors, as nested dicts of floats (JSON)."""
+
+    def summary(self, results: dict) -> str:
+        """The scores as one short console line."""
+
+
+class RoundLogger(Protocol):
+    """Where a run's progress goes as it happens (``fedvssl.reports.tensorboard.TensorBoardLog``)."""
+
+    def log_round(self, entry: dict) -> None:
+        """One round's history entry (per-client lists, round totals)."""
+
+    def log_monitor(self, server_round: int, results: dict) -> None:
+        """A monitor's scores after ``server_round``."""
+
+    def close(self) -> None: ...
+
+
 def short_reason(reason: str) -> str:
     """The innermost ``SomeError: message`` line of a (Ray-wrapped) client traceback."""
     lines = [line.strip(" '>") for line in reason.splitlines() if line.strip()]
     errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): \S", line)]
     return (errors[-1] if errors else lines[0] if lines else "unknown error")[:500]
+
+
+def update_norm(state: Mapping[str, np.ndarray], previous: Mapping[str, np.ndarray]) -> float:
+    """The L2 norm of ``state - previous`` over the floating-point tensors, in float64.
+
+    The integer BatchNorm counters are left out: they grow by the number of local steps
+    every round and would outweigh the change of the weights.
+    """
+    total = 0.0
+    for key, before in previous.items():
+        if np.issubdtype(before.dtype, np.floating):
+            diff = (np.asarray(state[key], dtype=np.float64) - before).ravel()
+            total += float(diff @ diff)
+    return float(np.sqrt(total))
 
 
 def _single(records: dict, what: str, node: int):
@@ -94,6 +139,8 @@ class FedVSSL(FedAvg):
         keep_last: int = 0,
         keep_every: int = 0,
         transfer_dtype: str = "float32",
+        monitor: Monitor | None = None,
+        logger: RoundLogger | None = None,
     ) -> None:
         self.check_settings(alpha, beta, share, clients_per_round, num_clients, min_replies, transfer_dtype)
         super().__init__(
@@ -120,6 +167,14 @@ class FedVSSL(FedAvg):
         self._partitions: dict[int, int] = {}  # node id -> partition id
         # A progress bar over all rounds (0: none, as in CI and non-interactive runs).
         self._bar = tqdm(total=progress_rounds, initial=start_round, desc="rounds") if progress_rounds else None
+        self.monitor, self.logger = monitor, logger
+
+    def close(self) -> None:
+        """Flush and close the logger and the progress bar (the ServerApp calls this when the rounds end)."""
+        if self.logger is not None:
+            self.logger.close()
+        if self._bar is not None:
+            self._bar.close()
 
     # FedVSSL's two decisions, as hooks: a new client weighting or server step is a
     # subclass that overrides one of them, plus a conf/strategy/<name>.yaml.
@@ -239,9 +294,11 @@ class FedVSSL(FedAvg):
             "failures": failures,
             "bytes_sent": self._round.get("bytes_sent", 0),
             "bytes_received": sum(a.count_bytes() for a in arrays),
-            "update_norm": float(
-                np.sqrt(sum(np.sum((aggregate[k].astype(np.float64) - self._previous[k]) ** 2) for k in aggregate))
-            ),
+            "update_norm": update_norm(aggregate, self._previous),
+            # Per client, in partition-id order like the lists above: what it sent back, and how
+            # far its model moved from the global one it started from.
+            "client_bytes_received": [a.count_bytes() for a in arrays],
+            "client_update_norm": [update_norm(LazyArrays(a), self._previous) for a in arrays],
             "time_s": time.perf_counter() - self._round.get("start", time.perf_counter()),
             "server_rss_mb": rss_mb(),
         }
@@ -258,6 +315,8 @@ class FedVSSL(FedAvg):
             self.run.write_history(self.history)
             if self.keep_last:
                 self.run.prune_checkpoints(self.keep_last, self.keep_every)
+        if self.logger is not None:
+            self.logger.log_round(entry)
         log.info(
             "round %d: weights %s, losses %s", server_round, np.round(weights, 4).tolist(), np.round(losses, 4).tolist()
         )
@@ -266,3 +325,38 @@ class FedVSSL(FedAvg):
             self._bar.set_postfix(loss=f"{mean_loss:.3f}")
             self._bar.update(1)
         return numpy_to_record(aggregate), MetricRecord({"train-loss": mean_loss})
+
+    def evaluate_global(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Flower's server-side ``evaluate_fn``: the monitor's scores after every ``monitor.every``-th round.
+
+        Flower calls it with round 0 (the initial model) and after every round. The scores
+        go into the round's history entry (so they survive a resume), to the logger, and
+        to the console as one line. After a resume, round 0 is the last completed round:
+        it is scored if it was due and the run stopped before its scores were written.
+        """
+        server_round += self.start_round
+        if self.monitor is None or server_round == 0 or server_round % self.monitor.every:
+            return None
+        entry = next((e for e in reversed(self.history) if e.get("round") == server_round), None)
+        if entry is None or "monitor" in entry:
+            return None
+        start = time.perf_counter()
+        results = self.monitor(record_to_numpy(arrays))
+        seconds = time.perf_counter() - start
+        entry["monitor"] = {**results, "time_s": round(seconds, 2)}
+        if self.run is not None:
+            self.run.write_history(self.history)
+        if self.logger is not None:
+            self.logger.log_monitor(server_round, results)
+        # One line per monitored round, on the console and in main.log (Hydra's handlers).
+        log.info("round %d: %s (%.1f s)", server_round, self.monitor.summary(results), seconds)
+        return MetricRecord(dict(_leaves(results)))
+
+
+def _leaves(tree: Mapping, prefix: str = "") -> Iterable[tuple[str, float]]:
+    """The numbers of nested dicts, keyed by their slash-joined paths."""
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            yield from _leaves(value, f"{prefix}{key}/")
+        else:
+            yield f"{prefix}{key}", float(value)
