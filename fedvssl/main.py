@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -39,14 +40,49 @@ def ray_init_args(address: str | None) -> dict:
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"runtime.ray_address={address} must be host:port (the head's GCS port) or auto")
-        try:  # fail in a second with one line, not after Ray's minute of retries
-            socket.create_connection((host, int(port)), timeout=5).close()
-        except OSError as e:
+        # Ray keeps retrying an address it cannot reach: fail in a second with one line instead.
+        if not _answers(host, int(port)):
             raise ConfigError(
-                f"runtime.ray_address={address}: no Ray cluster answers there ({e.strerror or e}); "
+                f"runtime.ray_address={address}: no Ray cluster answers there; "
                 "start its head with `ray start --head --port=<port>`"
-            ) from None
+            )
+        # Unless told the cluster is this machine alone, Ray replaces a loopback address by the
+        # machine's outward one, where a head bound to 127.0.0.1 does not answer.
+        outward = _outward_ip()
+        if (
+            host in ("127.0.0.1", "localhost", "::1")
+            and os.environ.get(RAY_SINGLE_MACHINE) != "0"
+            and outward is not None
+            and not _answers(outward, int(port))
+        ):
+            raise ConfigError(
+                f"runtime.ray_address={address}: the head listens on loopback only, and Ray would look for it "
+                f"at {outward}:{port}; set {RAY_SINGLE_MACHINE}=0 here too, as for the head"
+            )
     return {"address": address, "logging_level": "error"}
+
+
+# Ray's switch for "this cluster is this one machine": it then keeps every address on 127.0.0.1.
+RAY_SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
+def _outward_ip() -> str | None:
+    """The address Ray takes for this machine (a UDP connect sends nothing); None if only loopback."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("8.8.8.8", 80))
+            ip = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if ip.startswith("127.") else ip
 
 
 def simulate(cfg: DictConfig) -> None:
