@@ -46,7 +46,7 @@ def test_tensorboard_log_writes_per_client_round_and_retrieval_scalars(tmp_path)
     log = TensorBoardLog(tmp_path / "tb")
     for r in (1, 2):
         log.log_round(entry(r, float(r)))
-    log.log_monitor(2, {"global": {"ucf101": {"R@1": 25.0}}, "random_init": {"ucf101": {"R@1": 12.5}}})
+    log.log_monitor(2, {"global": {"ucf101": {"R@1": 25.0}}, "random_init": {"ucf101": {"R@1": 12.5}}, "time_s": 3.5})
     log.close()
     found = scalars(tmp_path / "tb")
     assert found["train_loss/client-0003"] == {1: 1.0, 2: 2.0} and found["train_loss/client-0000"] == {1: 2.0, 2: 4.0}
@@ -66,7 +66,7 @@ def test_tensorboard_log_writes_per_client_round_and_retrieval_scalars(tmp_path)
     ]:
         assert found[tag][2] == pytest.approx(value), tag
     assert not any(t.startswith(("partition_ids", "node_ids", "failures/")) for t in found)
-    assert found["retrieval/ucf101/R@1"] == {2: 25.0}
+    assert found["retrieval/ucf101/R@1"] == {2: 25.0} and found["retrieval/time_s"] == {2: 3.5}
     # The control is its own TensorBoard run with the same tag, so both share one chart.
     assert scalars(tmp_path / "tb" / "random_init") == {"retrieval/ucf101/R@1": {2: 12.5}}
 

@@ -54,7 +54,7 @@ class RoundLogger(Protocol):
         """One round's history entry (per-client lists, round totals)."""
 
     def log_monitor(self, server_round: int, results: dict) -> None:
-        """A monitor's scores after ``server_round``."""
+        """A monitor's scores after ``server_round``, and the seconds it took (``time_s``)."""
 
     def close(self) -> None: ...
 
@@ -347,7 +347,7 @@ class FedVSSL(FedAvg):
         if self.run is not None:
             self.run.write_history(self.history)
         if self.logger is not None:
-            self.logger.log_monitor(server_round, results)
+            self.logger.log_monitor(server_round, entry["monitor"])
         # One line per monitored round, on the console and in main.log (Hydra's handlers).
         log.info("round %d: %s (%.1f s)", server_round, self.monitor.summary(results), seconds)
         return MetricRecord(dict(_leaves(results)))

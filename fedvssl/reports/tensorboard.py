@@ -11,7 +11,7 @@ monitor result. The event files go to the run folder's ``tensorboard/``:
   global model's update norm, the server's memory, clients and failures;
 - ``retrieval/<dataset>/R@<k>``: the monitor's scores of the global model, and the
   same tags in the run ``random_init`` (a subfolder), so that TensorBoard draws the
-  control in the same chart.
+  control in the same chart; ``retrieval/time_s``: how long the monitor took.
 
 The Custom Scalars dashboard shows every client of a metric in one chart.
 This module is imported only when ``logger=tensorboard`` is chosen.
@@ -81,6 +81,9 @@ class TensorBoardLog:
 
     def log_monitor(self, server_round: int, results: dict) -> None:
         for backbone, per_dataset in results.items():
+            if not isinstance(per_dataset, dict):  # the monitor's own time_s
+                self.writer.add_scalar(f"retrieval/{backbone}", float(per_dataset), server_round)
+                continue
             writer = self.writer if backbone == GLOBAL else self._control(backbone)
             for dataset, scores in per_dataset.items():
                 for metric, value in scores.items():
