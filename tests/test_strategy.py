@@ -332,3 +332,23 @@ def test_a_resumed_run_scores_its_last_round_if_the_monitor_missed_it(tmp_path, 
     assert (result is not None) == scored and len(monitor.seen) == int(scored)
     if scored:
         assert "monitor" in json.loads((tmp_path / "history.json").read_text())[-1]
+
+
+def test_a_failing_monitor_is_recorded_and_training_goes_on(tmp_path, caplog):
+    class Broken(EveryOther):
+        every = 1
+
+        def __call__(self, state):
+            raise RuntimeError("CUDA out of memory")
+
+    strategy = FedVSSL(0.0, 0, "backbone", 2, 3, seed=7, out_dir=tmp_path, monitor=Broken())
+    arrays = numpy_to_record({"backbone.w": np.zeros(2, np.float32)})
+    for rnd in (1, 2):
+        msgs = list(strategy.configure_train(rnd, arrays, ConfigRecord({}), StaticGrid([1, 2, 3])))
+        arrays, _ = strategy.aggregate_train(
+            rnd, [reply(m, {"backbone.w": np.ones(2, np.float32)}, 1.0, 5, i) for i, m in enumerate(msgs)]
+        )
+        assert strategy.evaluate_global(rnd, arrays) is None
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [h["monitor"] for h in history] == [{"error": "RuntimeError: CUDA out of memory"}] * 2
+    assert "round 2: the retrieval monitor failed, training goes on: RuntimeError: CUDA out of memory" in caplog.text

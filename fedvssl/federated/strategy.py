@@ -331,8 +331,10 @@ class FedVSSL(FedAvg):
 
         Flower calls it with round 0 (the initial model) and after every round. The scores
         go into the round's history entry (so they survive a resume), to the logger, and
-        to the console as one line. After a resume, round 0 is the last completed round:
-        it is scored if it was due and the run stopped before its scores were written.
+        to the console as one line; a monitor that raises is logged and recorded as the
+        round's ``monitor.error``, and the run goes on. After a resume, round 0 is the last
+        completed round: it is scored if it was due and the run stopped before its scores
+        were written.
         """
         server_round += self.start_round
         if self.monitor is None or server_round == 0 or server_round % self.monitor.every:
@@ -341,7 +343,15 @@ class FedVSSL(FedAvg):
         if entry is None or "monitor" in entry:
             return None
         start = time.perf_counter()
-        results = self.monitor(record_to_numpy(arrays))
+        try:
+            results = self.monitor(record_to_numpy(arrays))
+        except Exception as e:  # a failed look (out of GPU memory, say) must not end a days-long run
+            reason = short_reason(f"{type(e).__name__}: {e}")
+            log.warning("round %d: the retrieval monitor failed, training goes on: %s", server_round, reason)
+            entry["monitor"] = {"error": reason}
+            if self.run is not None:
+                self.run.write_history(self.history)
+            return None
         seconds = time.perf_counter() - start
         entry["monitor"] = {**results, "time_s": round(seconds, 2)}
         if self.run is not None:
