@@ -25,6 +25,10 @@ from fedvssl.run_setup import set_up_run
 log = logging.getLogger("fedvssl")
 
 
+# Ray's switch for "this cluster is this one machine": it then keeps every address on 127.0.0.1.
+RAY_SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
 def ray_init_args(address: str | None) -> dict:
     """``ray.init`` arguments: a private Ray instance, or the running cluster at ``address``.
 
@@ -60,10 +64,6 @@ def ray_init_args(address: str | None) -> dict:
                 f"at {outward}:{port}; set {RAY_SINGLE_MACHINE}=0 here too, as for the head"
             )
     return {"address": address, "logging_level": "error"}
-
-
-# Ray's switch for "this cluster is this one machine": it then keeps every address on 127.0.0.1.
-RAY_SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def _answers(host: str, port: int) -> bool:
