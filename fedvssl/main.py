@@ -85,6 +85,78 @@ def _outward_ip() -> str | None:
     return None if ip.startswith("127.") else ip
 
 
+def _count(value: object, key: str, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{key}={value} must be an integer >= {minimum}")
+    return value
+
+
+def detected_gpus() -> int:
+    """GPUs on this machine, as Ray would find them (it also reads CUDA_VISIBLE_DEVICES)."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def simulation_backend(rt: DictConfig) -> dict:
+    """Flower's backend config (Ray's init args, one client's resources), checked as a whole.
+
+    ``runtime.num_cpus`` / ``runtime.num_gpus`` size the private Ray instance (null: what
+    this machine has); ``num_cpus_per_client`` / ``num_gpus_per_client`` size one client's
+    actor, a GPU fraction packing 1/fraction clients onto each GPU. Flower starts as many
+    actors as fit, and each client's DataLoader adds ``num_workers`` processes, so the
+    clients that train at once must leave a CPU for every loader worker.
+    """
+    address = rt.get("ray_address")
+    cpus_per_client = _count(rt.num_cpus_per_client, "runtime.num_cpus_per_client", 1)
+    workers = _count(rt.num_workers, "runtime.num_workers", 0)
+    _count(rt.get("prefetch_factor", 2), "runtime.prefetch_factor", 1)
+    share = rt.num_gpus_per_client
+    if not isinstance(share, (int, float)) or isinstance(share, bool) or share < 0:
+        raise ConfigError(f"runtime.num_gpus_per_client={share} must be a number >= 0")
+    if share > 1 and share != int(share):
+        # Ray's rule: a fraction shares one GPU; more than one GPU per actor must be whole GPUs.
+        raise ConfigError(
+            f"runtime.num_gpus_per_client={share} must be at most 1 (a share of one GPU) or a whole number of GPUs"
+        )
+    cpus, gpus = rt.get("num_cpus"), rt.get("num_gpus")
+    init = ray_init_args(address)
+    if address:
+        if cpus is not None or gpus is not None:
+            raise ConfigError(
+                f"runtime.num_cpus={cpus} / runtime.num_gpus={gpus} size a private Ray instance; with "
+                "runtime.ray_address they must stay null (a cluster's are its nodes' --num-cpus / --num-gpus)"
+            )
+    else:
+        # Ray can be told of more CPUs or GPUs than exist (its resources are logical); Ray then
+        # still gives each actor its share and CUDA_VISIBLE_DEVICES.
+        if cpus is not None:
+            init["num_cpus"] = _count(cpus, "runtime.num_cpus", 1)
+        if gpus is not None:
+            init["num_gpus"] = _count(gpus, "runtime.num_gpus", 0)
+        cpus_named = f"runtime.num_cpus={cpus}" if cpus is not None else f"the {os.cpu_count()} CPUs here"
+        cpus = (os.cpu_count() or 1) if cpus is None else cpus
+        gpus_named = f"runtime.num_gpus={gpus}" if gpus is not None else "the GPUs detected here"
+        if share > 0 and gpus is None:
+            gpus = detected_gpus()
+        if cpus_per_client > cpus:
+            raise ConfigError(f"runtime.num_cpus_per_client={cpus_per_client} is more than the run has ({cpus_named})")
+        at_once = cpus // cpus_per_client
+        if share > 0:
+            if share > gpus:
+                raise ConfigError(
+                    f"runtime.num_gpus_per_client={share} is more than the run has ({gpus_named}: {gpus})"
+                )
+            # Ray counts GPU shares in units of 1/10000; round before flooring, as 3 / 0.2 = 15.000000000000002.
+            at_once = min(at_once, int(round(gpus / share, 4)))
+        if at_once * workers > cpus:
+            raise ConfigError(
+                f"runtime.num_workers={workers}: {at_once} clients train at once, with {at_once * workers} "
+                f"loader workers on {cpus_named}; lower it, or raise runtime.num_cpus_per_client"
+            )
+    return {"client_resources": {"num_cpus": cpus_per_client, "num_gpus": float(share)}, "init_args": init}
+
+
 def simulate(cfg: DictConfig) -> None:
     """Run the ServerApp and ClientApp in Flower's simulation runtime on Ray."""
     from flwr.simulation import run_simulation
@@ -93,11 +165,7 @@ def simulate(cfg: DictConfig) -> None:
     from fedvssl.federated.server_app import app as server_app
     from fedvssl.processes import record_while_running, stop_descendants, stop_leftovers, stop_on_signals
 
-    rt = cfg.runtime
-    backend = {
-        "client_resources": {"num_cpus": int(rt.num_cpus_per_client), "num_gpus": float(rt.num_gpus_per_client)},
-        "init_args": ray_init_args(rt.get("ray_address")),
-    }
+    backend = simulation_backend(cfg.runtime)
     # A SIGKILLed run cannot stop its Ray processes: record them, and stop those of killed runs.
     registry = Path(cfg.data.probe_cache) / "ray-processes.json"
     stop_leftovers(registry)
@@ -194,7 +262,8 @@ def run(cfg: DictConfig) -> dict:
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     validate(cfg)
-    ray_init_args(cfg.runtime.get("ray_address"))  # an unreachable cluster fails before any work
+    # Resources that do not fit together, or an unreachable cluster, fail before any work.
+    simulation_backend(cfg.runtime)
     run(cfg)
 
 

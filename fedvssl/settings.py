@@ -62,6 +62,7 @@ class ClientSettings:
     videos: str  # dataset.pretrain.videos
     run_dir: str
     precision: Precision = field(default_factory=Precision)  # runtime.precision
+    prefetch_factor: int = 2  # runtime.prefetch_factor: batches each loader worker keeps ready
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from omegaconf import OmegaConf
@@ -20,6 +22,15 @@ NODE_OVERRIDES = {
     "videos": "dataset.pretrain.videos",  # this node's video folder
     "state-dir": "run.dir",  # where this node keeps its head between rounds
 }
+
+
+def visible_gpu() -> int:
+    """The first GPU this process may use (Ray sets CUDA_VISIBLE_DEVICES per actor); -1 for none or unset.
+
+    Recorded per client in the history, it shows how Ray packed the clients onto the GPUs.
+    """
+    ids = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    return int(ids) if ids.isdigit() else -1
 
 
 def node_config(cfg, context: Context):
@@ -41,6 +52,9 @@ def train(msg: Message, context: Context) -> Message:
         client_settings(cfg), build_method(cfg), partition_id, int(config["server-round"]), record_to_numpy(arrays)
     )
     metrics["partition-id"] = partition_id
+    # Where the client ran: the GPU Ray gave its process, and the process (one actor serves several clients).
+    metrics["gpu"] = visible_gpu()
+    metrics["pid"] = os.getpid()
     # The reply travels in the dtype the server sent (strategy.transfer_dtype); the model trained in float32.
     reply = numpy_to_record(shared, str(config.get("transfer-dtype", "float32")))
     content = RecordDict({"arrays": reply, "metrics": MetricRecord(metrics)})

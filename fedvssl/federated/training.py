@@ -158,6 +158,9 @@ def local_train(
         batch_size=s.batch_size,
         shuffle=True,
         num_workers=s.num_workers,
+        # A deeper queue per worker absorbs slow videos (long seeks) without starving the GPU;
+        # torch refuses the argument without workers.
+        prefetch_factor=s.prefetch_factor if s.num_workers > 0 else None,
         persistent_workers=False,
         pin_memory=pin_memory(device),
         generator=torch.Generator().manual_seed(seed_of(s.seed, server_round, partition_id)),
