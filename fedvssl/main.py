@@ -147,8 +147,10 @@ def simulation_backend(rt: DictConfig) -> dict:
                 raise ConfigError(
                     f"runtime.num_gpus_per_client={share} is more than the run has ({gpus_named}: {gpus})"
                 )
-            # Ray counts GPU shares in units of 1/10000; round before flooring, as 3 / 0.2 = 15.000000000000002.
-            at_once = min(at_once, int(round(gpus / share, 4)))
+            # A share must fit on one GPU: floor(1 / share) actors per GPU (rounded first, as Ray
+            # counts shares in units of 1/10000 and 1 / 0.1 is not exact), or whole GPUs each.
+            per_gpu = int(round(1 / share, 4)) if share <= 1 else 0
+            at_once = min(at_once, gpus * per_gpu if share <= 1 else int(gpus // share))
         if at_once * workers > cpus:
             raise ConfigError(
                 f"runtime.num_workers={workers}: {at_once} clients train at once, with {at_once * workers} "

@@ -35,7 +35,7 @@ def test_the_gpu_runtime_numbers_fit_a_16_core_one_gpu_machine():
     b = backend()
     assert b["client_resources"] == {"num_cpus": 3, "num_gpus": 0.2}
     assert b["init_args"]["num_cpus"] == 16 and b["init_args"]["num_gpus"] == 1
-    # Five clients at once on 3 GPUs too (3 / 0.2 is 15.000000000000002 in floats).
+    # 15 clients at once on 3 GPUs with 45 workers fit 48 CPUs.
     assert backend(num_cpus=48, num_gpus=3)["init_args"]["num_gpus"] == 3
     gpu = OmegaConf.load("conf/runtime/gpu.yaml")
     for key in ("num_cpus_per_client", "num_gpus_per_client", "num_workers", "prefetch_factor"):
@@ -63,6 +63,13 @@ def test_resources_that_do_not_fit_are_named(changes, expected):
     with pytest.raises(ConfigError) as e:
         backend(**changes)
     assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_share_must_fit_on_one_gpu():
+    # 0.34 fits twice on a GPU (3 x 0.34 > 1): 4 clients at once on 2 GPUs, not 5, so 4 x 4 workers fit 16 CPUs.
+    assert backend(num_gpus=2, num_gpus_per_client=0.34, num_workers=4)["client_resources"]["num_gpus"] == 0.34
+    with pytest.raises(ConfigError, match="6 clients train at once"):
+        backend(num_gpus=2, num_gpus_per_client=0.33, num_workers=4, num_cpus_per_client=2)
 
 
 def test_fewer_gpus_let_more_workers_per_client():
