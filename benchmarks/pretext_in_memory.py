@@ -20,9 +20,12 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from dataset_preparation.synthetic import MOTIONS, WorldSpec, render_video
-from fedvssl.data.transforms import normalize
+from fedvssl.config import CONF_DIR
+from fedvssl.data.presets import TrainPreset
+from fedvssl.data.transforms import at_crop, normalize
 from fedvssl.models.heads import ClsHead
 from fedvssl.models.r3d import R3D18, BackboneSize
 from fedvssl.ssl.speed import STRIDES
@@ -46,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
     p.add_argument("--clip-len", type=int, default=8)
     p.add_argument("--crop", type=int, default=48)
     p.add_argument("--width", type=int, default=16)
@@ -53,6 +57,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--per-class", type=int, default=8, help="training videos per class")
     p.add_argument("--background-contrast", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dropout", type=float, default=0.0, help="the head's dropout (Speed's config: 0.5)")
+    p.add_argument(
+        "--augment",
+        choices=("none", "scale", "colour", "all"),
+        default="none",
+        help="Speed's own augmentations (ssl/speed.yaml): scale jitter, colour jitter or both",
+    )
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -60,16 +71,32 @@ def main(argv: list[str] | None = None) -> None:
     spec = WorldSpec(background_contrast=a.background_contrast)
     scale = a.crop / spec.height
     start = time.perf_counter()
-    train, _ = render(spec, a.per_class, 1000 + a.seed, scale)
+    # With augmentations, training clips go through Speed's TrainPreset from full-size frames.
+    train, _ = render(spec, a.per_class, 1000 + a.seed, 1.0 if a.augment != "none" else scale)
     test, test_labels = render(spec, 16, 2000 + a.seed, scale)
     print(f"{len(train)} training and {len(test)} held-out videos rendered in {time.perf_counter() - start:.0f} s")
 
     backbone = R3D18(size=BackboneSize(a.width, a.blocks))
-    head = ClsHead(len(STRIDES), dropout=0.0, in_channels=backbone.out_channels)
+    head = ClsHead(len(STRIDES), dropout=a.dropout, in_channels=backbone.out_channels)
     init = copy.deepcopy(backbone)
     params = [*backbone.parameters(), *head.parameters()]
-    opt = torch.optim.SGD(params, lr=a.lr, momentum=a.momentum, weight_decay=1e-4)
+    if a.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=a.lr, momentum=a.momentum, weight_decay=1e-4)
+    else:
+        opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=1e-4)
     rng = np.random.default_rng(a.seed)
+    speed = OmegaConf.load(CONF_DIR + "/ssl/speed.yaml")
+    # Short sides are given at the reference 112 crop, as in the method.
+    ref = [at_crop(s, a.crop, minimum=a.crop) for s in speed.scales] if a.augment in ("scale", "all") else [a.crop]
+    colour = a.augment in ("colour", "all")
+    preset = TrainPreset(
+        ref,
+        a.crop,
+        flip_p=0.0,
+        brightness=tuple(speed.brightness) if colour else (0.0, 0.0),
+        contrast=tuple(speed.contrast) if colour else (0.0, 0.0),
+        hue_saturation=tuple(speed.hue_saturation) if colour else (0.0, 0.0, 0.0),
+    )
 
     def sample() -> tuple[torch.Tensor, int]:
         video = train[rng.integers(len(train))]
@@ -79,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
         first = int(rng.integers(0, max(len(video) - span, 0) + 1))
         idx = np.minimum(first + np.arange(a.clip_len) * step, len(video) - 1)
         idx = idx[::-1].copy() if STRIDES[label] < 0 else idx
+        if a.augment != "none":
+            return preset(video[idx].permute(0, 2, 3, 1).byte().numpy(), rng), label
         x0 = int(rng.integers(0, video.shape[3] - a.crop + 1))
         return normalize(video[idx, :, : a.crop, x0 : x0 + a.crop]), label
 

@@ -120,8 +120,9 @@ def validate(cfg: DictConfig) -> None:
 
 def build_method(cfg: DictConfig) -> SSLMethod:
     """Instantiate ``cfg.ssl`` at this run's clip length, crop size and backbone size."""
+    size = {"width": cfg.model.width, "blocks": cfg.model.blocks}  # the model group also holds head settings
     return instantiate(
-        cfg.ssl, clip_len=cfg.input.clip_len, crop_size=cfg.input.crop_size, backbone=cfg.model, _convert_="all"
+        cfg.ssl, clip_len=cfg.input.clip_len, crop_size=cfg.input.crop_size, backbone=size, _convert_="all"
     )
 
 

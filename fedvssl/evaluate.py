@@ -2,8 +2,9 @@
 
 ``python -m fedvssl.evaluate checkpoint=<path> finetune=ucf101`` evaluates any
 checkpoint that ``fedvssl.models.checkpoints`` reads (ours, a published FedVSSL .npz, a
-torchvision state_dict) with the same Hydra configs as the main job; without
-``checkpoint`` it evaluates the seeded random-init backbone, the control. Add
+torchvision state_dict) with the same Hydra configs as the main job, beside the seeded
+random-init backbone (the control; ``finetune.retrieval.compare_random_init=false``
+leaves it out); without ``checkpoint`` it evaluates the control alone. Add
 ``finetune.training.enabled=true`` for fine-tuning on top of retrieval.
 """
 
@@ -34,7 +35,9 @@ def main(cfg: DictConfig) -> None:
     generate_data(cfg)
     checkpoint = cfg.get("checkpoint")
     settings = evaluation_settings(cfg)
-    states = {"pretrained": load_backbone_state(checkpoint, settings.backbone)} if checkpoint else {"random_init": None}
+    states = {"pretrained": load_backbone_state(checkpoint, settings.backbone)} if checkpoint else {}
+    if not checkpoint or settings.retrieval.compare_random_init:
+        states["random_init"] = None  # the control, on the same splits and protocol
     start = time.perf_counter()
     results = evaluate_states(settings, states)
     results["run"] = {

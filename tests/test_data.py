@@ -72,7 +72,8 @@ def test_ucf101_layout(world):
     per_class = spec.ucf_groups * spec.ucf_clips_per_group
     assert len(test) == len(MOTIONS) * spec.ucf_test_groups * spec.ucf_clips_per_group
     assert len(train) + len(test) == len(MOTIONS) * per_class
-    assert all("_g01_" in r.name or "_g02_" in r.name for r in test)
+    test_groups = {f"_g{g:02d}_" for g in range(1, spec.ucf_test_groups + 1)}
+    assert all(any(g in r.name for g in test_groups) for r in test)
     assert all(r.path.endswith(".avi") and classes[r.label] in r.name for r in train)
 
 

@@ -157,7 +157,7 @@ def prepare(tmp_path: Path, env: dict[str, str], world: Path, *overrides: str) -
     """``python -m fedvssl.prepare`` as the README gives it; returns the run folder and its config file."""
     run = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "fedvssl.prepare", "input=tiny", *overrides]
+        [sys.executable, "-m", "fedvssl.prepare", "input=tiny", "dataset.pretrain.clips_per_video=1", *overrides]
         + [f"dataset.root={world}", f"hydra.run.dir={run}"],
         cwd=ROOT,
         env=env,

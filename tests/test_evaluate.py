@@ -13,7 +13,13 @@ from fedvssl.downstream.finetune import accuracies, video_logits
 from fedvssl.files import save_npz
 from fedvssl.models.r3d import R3D18
 
-TINY = ["input=tiny", "finetune=ucf101", "finetune.retrieval.num_clips=2", "runtime.eval_workers=0"]
+TINY = [
+    "input=tiny",
+    "dataset.pretrain.clips_per_video=1",
+    "finetune=ucf101",
+    "finetune.retrieval.num_clips=2",
+    "runtime.eval_workers=0",
+]
 
 
 def run_evaluate(args, env):
@@ -52,18 +58,21 @@ def test_standalone_on_saved_and_published_checkpoints(tmp_path, flower_env, wor
     arrays = list(state.values()) + [np.zeros((7, 512), np.float32), np.zeros(7, np.float32)]
     write_layout(tmp_path / "round-540.npz", arrays, "a")
     outputs = {}
-    for name in ("ours.npz", "round-540.npz"):
+    for name, control in (("ours.npz", "true"), ("round-540.npz", "false")):
         run = tmp_path / name.split(".")[0]
-        proc = run_evaluate(
-            [*TINY, f"checkpoint={tmp_path / name}", f"dataset.root={world}", f"hydra.run.dir={run}"], flower_env
-        )
+        args = [*TINY, f"checkpoint={tmp_path / name}", f"finetune.retrieval.compare_random_init={control}"]
+        proc = run_evaluate([*args, f"dataset.root={world}", f"hydra.run.dir={run}"], flower_env)
         assert proc.returncode == 0, proc.stderr[-2000:]
         outputs[name] = json.loads((run / "results.json").read_text())
         assert "| ucf101 | pretrained |" in proc.stdout
     a, b = (outputs[n]["ucf101"]["retrieval"] for n in outputs)
     assert a == b  # the same weights in two formats give the same numbers
+    assert "random_init" not in outputs["round-540.npz"]["ucf101"]
     control = run_evaluate([*TINY, f"dataset.root={world}", f"hydra.run.dir={tmp_path / 'control'}"], flower_env)
     assert control.returncode == 0 and "| ucf101 | random_init |" in control.stdout
+    # A checkpoint is evaluated beside the same seeded control as a run of the control alone.
+    alone = json.loads((tmp_path / "control" / "results.json").read_text())["ucf101"]["retrieval"]
+    assert outputs["ours.npz"]["ucf101"]["random_init"]["retrieval"] == alone
 
 
 @pytest.mark.slow
@@ -135,7 +144,10 @@ def test_fine_tuning_learns_above_chance(tmp_path):
     from fedvssl.downstream.finetune import finetune
     from fedvssl.settings import evaluation_settings
 
-    root = generate(tmp_path / "w", WorldSpec(num_frames=16, class_colours=True, kinetics_per_class=1))
+    root = generate(
+        tmp_path / "w",
+        WorldSpec(num_frames=16, class_colours=True, kinetics_per_class=1, ucf_groups=5, ucf_test_groups=2),
+    )
     overrides = [
         "input=tiny",
         f"dataset.root={root}",

@@ -106,6 +106,7 @@ def compose_tiny(world, tmp_path, *overrides):
             "config",
             [
                 "input=tiny",
+                "dataset.pretrain.clips_per_video=1",
                 "finetune=ucf101",
                 "runtime.eval_workers=0",
                 f"dataset.root={world}",
@@ -173,7 +174,14 @@ def test_bad_monitor_values_name_the_key(tmp_path, overrides, expected):
 def test_a_run_with_the_monitor_and_tensorboard(tmp_path, flower_env, world):
     """2 clients, 2 rounds on Ray, the monitor after every round with 1 clip per video."""
     run = tmp_path / "run"
-    args = ["input=tiny", "partition.num_clients=2", "runtime.eval_workers=0", "num_rounds=2", "finetune=ucf101"]
+    args = [
+        "input=tiny",
+        "dataset.pretrain.clips_per_video=1",
+        "partition.num_clients=2",
+        "runtime.eval_workers=0",
+        "num_rounds=2",
+        "finetune=ucf101",
+    ]
     # One clip per video in the final evaluation too: at round 2 it must agree with the monitor.
     args += ["finetune.retrieval.num_clips=1", "monitor.every=1", "monitor.clips_per_video=1", "logger=tensorboard"]
     proc = run_main([*args, f"dataset.root={world}", f"hydra.run.dir={run}"], flower_env)

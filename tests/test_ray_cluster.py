@@ -86,7 +86,15 @@ def test_simulation_attaches_to_a_ray_cluster(tmp_path, flower_env, world):
         # The driver needs the loopback variable too: Ray would look for the head at the outward address.
         with open(tmp_path / "main.log", "w") as out:
             driver = subprocess.Popen(
-                [sys.executable, "-m", "fedvssl.main", "input=tiny", "partition.num_clients=2", "num_rounds=2"]
+                [
+                    sys.executable,
+                    "-m",
+                    "fedvssl.main",
+                    "input=tiny",
+                    "dataset.pretrain.clips_per_video=1",
+                    "partition.num_clients=2",
+                    "num_rounds=2",
+                ]
                 + ["finetune=ucf101", "finetune.retrieval.num_clips=2", "runtime.eval_workers=0"]
                 + [f"runtime.ray_address=127.0.0.1:{port}", "runtime.num_cpus_per_client=1"]
                 + [f"dataset.root={world}", f"hydra.run.dir={run}"],

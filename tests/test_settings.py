@@ -38,13 +38,15 @@ def test_a_client_receives_only_its_part():
 def test_demo_choices_are_config_and_the_paper_settings_stay():
     """The CPU demo's choices come from its config groups; input=paper and real data keep the paper's."""
     demo = compose_config()
-    assert dict(demo.model) == {"width": 16, "blocks": 1}
+    assert dict(demo.model) == {"width": 16, "blocks": 1, "head_dropout": 0.0}
+    assert demo.ssl.dropout == 0.0 and demo.train.batch_size == 16
     assert demo.ssl.flip_p == 0.0 and demo.finetune.training.flip_p == 0.0  # the world has an arrow of time
     paper = compose_config("input=paper", "dataset=kinetics400", "dataset.root=/data")
     assert dict(paper.model) == {"width": 64, "blocks": 2}
+    assert paper.train.batch_size == 4 and paper.ssl.dropout == 0.5  # the reference's batch and head
     assert paper.ssl.flip_p == 0.5 and paper.finetune.training.flip_p == 0.35
     assert client_settings(paper).clips_per_video == 1  # one local epoch, as the reference
-    more = compose_config("+dataset.pretrain.clips_per_video=3")
+    more = compose_config("dataset.pretrain.clips_per_video=3")
     assert client_settings(more).clips_per_video == 3 == client_settings(client_config(more)).clips_per_video
 
 
