@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fedvssl.config import CONF_DIR, ConfigError, validate
+from fedvssl.config import CONF_DIR, ConfigError, build_method, validate
 from fedvssl.errors import RunError, one_line_errors
 from fedvssl.run_folder import RunFolder
 from fedvssl.run_setup import set_up_run
@@ -242,7 +242,7 @@ def run(cfg: DictConfig) -> dict:
         raise RunError(f"the federated run stopped: {reason}")
     history = run.read_history()
     history_frame(history).to_csv(run.history_csv, index=False)
-    plot_history(history, run.history_plot)
+    plot_history(history, run.history_plot, chance_loss=build_method(cfg).chance_loss)
 
     start = time.perf_counter()
     results = evaluate(cfg, checkpoint)

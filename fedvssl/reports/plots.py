@@ -25,8 +25,11 @@ def history_frame(history: list[dict]):
     return pd.DataFrame(rows)
 
 
-def plot_history(history: list[dict], path) -> None:
-    """Training loss, pretext score (accuracy, or IoU for CtP) and aggregation weight of every client, per round."""
+def plot_history(history: list[dict], path, chance_loss: float | None = None) -> None:
+    """Training loss, pretext score (accuracy, or IoU for CtP) and aggregation weight of every client, per round.
+
+    ``chance_loss`` (the loss of a uniform guess) is drawn as a dashed line on the loss panel.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,6 +48,8 @@ def plot_history(history: list[dict], path) -> None:
         if column != "weights":  # the aggregation-weighted mean over the round's clients
             mean = frame.groupby("round").apply(lambda g, c=column: (g["weights"] * g[c]).sum(), include_groups=False)
             ax.plot(mean.index, mean.values, color="black", linewidth=2, label="weighted mean")
+        if column == "train_loss" and chance_loss is not None:
+            ax.axhline(chance_loss, color="grey", linestyle="--", label=f"chance ({chance_loss:.2f})")
         ax.set(xlabel="round", ylabel=ylabel, title=title)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     if frame["partition_id"].nunique() <= 10:

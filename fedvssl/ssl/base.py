@@ -40,6 +40,8 @@ class SSLMethod(ABC):
 
     head_name: ClassVar[str]
     ctp_strides: ClassVar[bool] = False
+    # The loss of a uniform guess, for classification pretexts (history.png draws it); None otherwise.
+    chance_loss: ClassVar[float | None] = None
 
     def __init__(
         self, clip_len: int, crop_size: int, optimizer: Mapping[str, float], backbone: Mapping[str, int] | None = None

@@ -7,6 +7,7 @@ CtP's TSN head: global average pool, dropout 0.5 and one linear layer.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ STRIDES = (-4, -2, -1, 0, 1, 2, 4)
 
 class Speed(SSLMethod):
     head_name = "cls_head"
+    chance_loss = math.log(len(STRIDES))
 
     def __init__(
         self,

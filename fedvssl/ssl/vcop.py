@@ -8,6 +8,7 @@ over the three pair features predicts the permutation.
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ class VCOPHead(nn.Module):
 
 class VCOP(SSLMethod):
     head_name = "vcop_head"
+    chance_loss = math.log(len(PERMUTATIONS))
 
     def __init__(
         self,
