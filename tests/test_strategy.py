@@ -352,3 +352,18 @@ def test_a_failing_monitor_is_recorded_and_training_goes_on(tmp_path, caplog):
     history = json.loads((tmp_path / "history.json").read_text())
     assert [h["monitor"] for h in history] == [{"error": "RuntimeError: CUDA out of memory"}] * 2
     assert "round 2: the retrieval monitor failed, training goes on: RuntimeError: CUDA out of memory" in caplog.text
+
+
+def test_each_round_gives_the_freed_heap_back(tmp_path, monkeypatch):
+    # The server's flat memory over rounds rests on this call (benchmarks/runtime_memory.py).
+    from fedvssl.federated import strategy as strategy_module
+
+    calls = []
+    monkeypatch.setattr(strategy_module, "release_heap", lambda: calls.append(1))
+    strategy = FedVSSL(0.0, 0, "backbone", 2, 3, seed=7, out_dir=tmp_path)
+    g = {"backbone.w": np.zeros((2, 2), np.float32)}
+    for rnd in (1, 2):
+        msgs = list(strategy.configure_train(rnd, numpy_to_record(g), ConfigRecord({}), StaticGrid([1, 2, 3])))
+        strategy.aggregate_train(rnd, [reply(m, g, 1.0, 5, i) for i, m in enumerate(msgs)])
+        assert len(calls) == rnd
+    assert strategy.history[-1]["server_shm_mb"] >= 0.0

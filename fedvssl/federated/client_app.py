@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from fedvssl.config import CONFIG_KEY, build_method, from_yaml
 from fedvssl.federated.records import numpy_to_record, record_to_numpy
+from fedvssl.federated.strategy import object_store_mb, release_heap
 from fedvssl.federated.training import local_train
 from fedvssl.settings import client_settings
 
@@ -55,6 +56,11 @@ def train(msg: Message, context: Context) -> Message:
     # Where the client ran: the GPU Ray gave its process, and the process (one actor serves several clients).
     metrics["gpu"] = visible_gpu()
     metrics["pid"] = os.getpid()
+    # The model, the batches and the decoded global arrays of this participation are freed:
+    # give them back, so that the process serving clients does not keep its peak (see
+    # release_heap). The object store's pages in its RSS are counted apart.
+    release_heap()
+    metrics["shm-mb"] = object_store_mb()
     # The reply travels in the dtype the server sent (strategy.transfer_dtype); the model trained in float32.
     reply = numpy_to_record(shared, str(config.get("transfer-dtype", "float32")))
     content = RecordDict({"arrays": reply, "metrics": MetricRecord(metrics)})
