@@ -159,6 +159,19 @@ def simulation_backend(rt: DictConfig) -> dict:
     return {"client_resources": {"num_cpus": cpus_per_client, "num_gpus": float(share)}, "init_args": init}
 
 
+def quiet_flower_console() -> None:
+    """Flower's lines go to main.log once, through the root logger, and not to the console.
+
+    Flower gives its logger a console handler of its own and level DEBUG, so that every
+    line appeared twice on the console (its handler and Hydra's) and DEBUG lines in main.log.
+    """
+    from flwr.supercore.logger import console_handler
+
+    flower = logging.getLogger("flwr")
+    flower.removeHandler(console_handler)
+    flower.setLevel(logging.INFO)
+
+
 def simulate(cfg: DictConfig) -> None:
     """Run the ServerApp and ClientApp in Flower's simulation runtime on Ray."""
     from flwr.simulation import run_simulation
@@ -168,6 +181,7 @@ def simulate(cfg: DictConfig) -> None:
     from fedvssl.processes import record_while_running, stop_descendants, stop_leftovers, stop_on_signals
 
     backend = simulation_backend(cfg.runtime)
+    quiet_flower_console()
     # A SIGKILLed run cannot stop its Ray processes: record them, and stop those of killed runs.
     registry = Path(cfg.data.probe_cache) / "ray-processes.json"
     stop_leftovers(registry)

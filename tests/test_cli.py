@@ -107,6 +107,17 @@ def test_end_to_end_run(tmp_path, flower_env):
     assert len(frame) == 4 and {"round", "partition_id", "train_loss", "weights", "accuracy"} <= set(frame.columns)
     assert (run / "history.png").stat().st_size > 10_000
 
+    # A clean console: one line per round from this package, no library lines; main.log
+    # has Flower's lines once each, without DEBUG.
+    console = proc.stdout + proc.stderr
+    assert [line.split(" ", 1)[1].split(":")[0] for line in console.splitlines() if ": loss " in line] == [
+        "round 1",
+        "round 2",
+    ]
+    assert "[flwr]" not in console and "Starting FedVSSL strategy" not in console and "DEBUG" not in console
+    log = (run / "main.log").read_text()
+    assert log.count("Starting FedVSSL strategy") == 1 and "[DEBUG]" not in log
+
     results = json.loads((run / "results.json").read_text())
     for name in ("ucf101", "hmdb51"):
         for scores in (results[name]["retrieval"], results[name]["random_init"]["retrieval"]):

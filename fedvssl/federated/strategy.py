@@ -270,7 +270,7 @@ class FedVSSL(FedAvg):
         server_round += self.start_round
         replies = list(replies)
         valid, failed = [m for m in replies if not m.has_error()], [m for m in replies if m.has_error()]
-        log.info("round %d: %d replies, %d failures", server_round, len(valid), len(failed))
+        log.debug("round %d: %d replies, %d failures", server_round, len(valid), len(failed))
         # An error the SuperLink writes (a node that stopped sending heartbeats) comes from the
         # SuperLink itself: name the node the message went to.
         sent = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in self._round.get("sent", [])}
@@ -347,10 +347,16 @@ class FedVSSL(FedAvg):
                 self.run.prune_checkpoints(self.keep_last, self.keep_every)
         if self.logger is not None:
             self.logger.log_round(entry)
-        log.info(
-            "round %d: weights %s, losses %s", server_round, np.round(weights, 4).tolist(), np.round(losses, 4).tolist()
-        )
         mean_loss = float(np.dot(weights, losses))
+        log.info(
+            "round %d: loss %.4f (weighted) over %d clients, %d failed; weights %s, losses %s",
+            server_round,
+            mean_loss,
+            len(losses),
+            len(failed),
+            np.round(weights, 4).tolist(),
+            np.round(losses, 4).tolist(),
+        )
         if self._bar is not None:
             self._bar.set_postfix(loss=f"{mean_loss:.3f}")
             self._bar.update(1)
