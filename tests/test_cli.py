@@ -206,12 +206,12 @@ def test_published_partition_trains_only_on_usable_videos(tmp_path, flower_env, 
 
 def test_too_much_broken_data_stops_before_training(tmp_path, flower_env, broken_world):
     run = tmp_path / "run"
-    args = [*TINY, "dataset=synthetic_broken", f"dataset.root={broken_world}", "data.max_bad_fraction=0.05"]
+    args = [*TINY, "dataset=synthetic_broken", f"dataset.root={broken_world}", "data.max_bad_fraction=0.04"]
     proc = run_main([*args, f"hydra.run.dir={run}"], flower_env)
     assert proc.returncode == 2
     [line] = [x for x in proc.stderr.splitlines() if x.startswith("fedvssl: error:")]
-    # The downstream lists are screened first: UCF-101's test split is the first over the limit.
-    assert line.startswith(f"fedvssl: error: {broken_world / 'ucf101'}: 3 of 32 ucf101 test videos are unusable")
+    # The first list over the limit is named with its count: 5 of the 64 pretraining videos are broken.
+    assert line.startswith(f"fedvssl: error: {broken_world / 'kinetics400'}: 5 of 64 pretraining videos are unusable")
     assert not (run / "checkpoints").exists()
 
 
