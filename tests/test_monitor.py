@@ -188,7 +188,7 @@ def test_a_run_with_the_monitor_and_tensorboard(tmp_path, flower_env, world):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     lines = [line for line in proc.stdout.splitlines() if "retrieval monitor" in line]
-    assert len(lines) == 2 and "- round 1: " in lines[0] and "- round 2: " in lines[1], proc.stdout[-3000:]
+    assert len(lines) == 2 and " round 1: " in lines[0] and " round 2: " in lines[1], proc.stdout[-3000:]
     history = json.loads((run / "history.json").read_text())
     monitored = [h["monitor"] for h in history]
     for m in monitored:
