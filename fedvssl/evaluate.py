@@ -25,8 +25,7 @@ from fedvssl.run_folder import RunFolder
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from fedvssl.downstream.evaluate import evaluate_states
-    from fedvssl.models.checkpoints import load_backbone_state
+    from fedvssl.downstream.evaluate import checkpoint_and_control, evaluate_states
     from fedvssl.reports.tables import results_markdown
     from fedvssl.run_setup import generate_data
     from fedvssl.settings import evaluation_settings
@@ -35,9 +34,7 @@ def main(cfg: DictConfig) -> None:
     generate_data(cfg)
     checkpoint = cfg.get("checkpoint")
     settings = evaluation_settings(cfg)
-    states = {"pretrained": load_backbone_state(checkpoint, settings.backbone)} if checkpoint else {}
-    if not checkpoint or settings.retrieval.compare_random_init:
-        states["random_init"] = None  # the control, on the same splits and protocol
+    states = checkpoint_and_control(settings, checkpoint)
     start = time.perf_counter()
     results = evaluate_states(settings, states)
     results["run"] = {

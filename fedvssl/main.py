@@ -208,15 +208,11 @@ def simulate(cfg: DictConfig) -> None:
 
 def evaluate(cfg: DictConfig, checkpoint: Path) -> dict:
     """Downstream scores of the final global backbone (and of its random-init control)."""
-    from fedvssl.downstream.evaluate import evaluate_states
-    from fedvssl.models.checkpoints import load_backbone_state
+    from fedvssl.downstream.evaluate import checkpoint_and_control, evaluate_states
     from fedvssl.settings import evaluation_settings
 
     settings = evaluation_settings(cfg)
-    states = {"pretrained": load_backbone_state(checkpoint, settings.backbone)}
-    if settings.retrieval.compare_random_init:
-        states["random_init"] = None
-    return evaluate_states(settings, states)
+    return evaluate_states(settings, checkpoint_and_control(settings, checkpoint))
 
 
 def run(cfg: DictConfig) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +24,17 @@ from fedvssl.settings import EvaluationSettings
 
 log = logging.getLogger(__name__)
 State = Mapping[str, np.ndarray] | None
+
+
+def checkpoint_and_control(s: EvaluationSettings, checkpoint: str | Path | None) -> dict[str, State]:
+    """The backbones to evaluate: the checkpoint's as ``pretrained`` (if given), then the
+    seeded random-init control (``random_init``) when asked for or alone."""
+    from fedvssl.models.checkpoints import load_backbone_state
+
+    states: dict[str, State] = {"pretrained": load_backbone_state(checkpoint, s.backbone)} if checkpoint else {}
+    if not checkpoint or s.retrieval.compare_random_init:
+        states["random_init"] = None  # the control, on the same splits and protocol
+    return states
 
 
 def build_backbone(state: State, seed: int, size: BackboneSize) -> R3D18:
