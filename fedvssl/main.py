@@ -120,14 +120,21 @@ def simulation_backend(rt: DictConfig) -> dict:
             f"runtime.num_gpus_per_client={share} must be at most 1 (a share of one GPU) or a whole number of GPUs"
         )
     cpus, gpus = rt.get("num_cpus"), rt.get("num_gpus")
+    store_mb = rt.get("object_store_mb")
     init = ray_init_args(address)
     if address:
-        if cpus is not None or gpus is not None:
+        if cpus is not None or gpus is not None or store_mb is not None:
             raise ConfigError(
-                f"runtime.num_cpus={cpus} / runtime.num_gpus={gpus} size a private Ray instance; with "
-                "runtime.ray_address they must stay null (a cluster's are its nodes' --num-cpus / --num-gpus)"
+                f"runtime.num_cpus={cpus} / runtime.num_gpus={gpus} / runtime.object_store_mb={store_mb} size a "
+                "private Ray instance; with runtime.ray_address they must stay null (a cluster's are its nodes' "
+                "--num-cpus / --num-gpus / --object-store-memory)"
             )
     else:
+        if store_mb is not None:
+            # Every model message passes through Ray's object store, whose pages count in the
+            # RSS of each process that maps them; by default it may take 30% of the memory.
+            # Ray refuses less than 75 MiB; a round needs room for its messages in flight.
+            init["object_store_memory"] = _count(store_mb, "runtime.object_store_mb", 100) * 2**20
         # Ray can be told of more CPUs or GPUs than exist (its resources are logical); Ray then
         # still gives each actor its share and CUDA_VISIBLE_DEVICES.
         if cpus is not None:

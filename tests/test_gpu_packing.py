@@ -72,6 +72,16 @@ def test_a_share_must_fit_on_one_gpu():
         backend(num_gpus=2, num_gpus_per_client=0.33, num_workers=4, num_cpus_per_client=2)
 
 
+def test_object_store_size_goes_to_ray_in_bytes():
+    assert "object_store_memory" not in backend()["init_args"]  # null: Ray's default
+    assert backend(object_store_mb=2048)["init_args"]["object_store_memory"] == 2048 * 2**20
+    with pytest.raises(ConfigError, match=r"runtime.object_store_mb=50 must be an integer >= 100"):
+        backend(object_store_mb=50)
+    # A cluster's object store is its nodes' (ray start --object-store-memory).
+    with pytest.raises(ConfigError, match="with runtime.ray_address they must stay null"):
+        backend(num_cpus=None, num_gpus=None, object_store_mb=1024, ray_address="auto")
+
+
 def test_fewer_gpus_let_more_workers_per_client():
     # The same 4 workers fit when the GPUs, not the CPUs, allow only 2 clients at once.
     assert backend(num_gpus_per_client=0.5, num_workers=4)["client_resources"]["num_gpus"] == 0.5
