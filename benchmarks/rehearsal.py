@@ -19,7 +19,7 @@ shared-memory object store it has mapped (``server_shm_mb``, ``shm-mb``); those 
 are shared by both processes, counted in each one's RSS, and bounded by the object
 store's size, so they are reported once, apart.
 
-Usage: ``python -m benchmarks.rehearsal [--rounds 20] [--clients 100] [--per-round 5]``.
+Usage: ``python -m benchmarks.rehearsal [--rounds 20] [--clients 100] [--per-round 5] [--object-store-mb M]``.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clients", type=int, default=100)
     p.add_argument("--per-round", type=int, default=5)
     p.add_argument("--videos-per-class", type=int, default=64, help="Kinetics-style videos per synthetic class")
+    p.add_argument("--object-store-mb", type=int, default=None, help="runtime.object_store_mb (default: Ray's)")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fedvssl-rehearsal")
     a = p.parse_args(argv)
 
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         f"runtime.torch_threads={cpus}",
         f"hydra.run.dir={run_dir}",
     ]
+    if a.object_store_mb is not None:
+        overrides.append(f"runtime.object_store_mb={a.object_store_mb}")
     env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(a.work / "flwr"), "PYTHONPATH": str(ROOT)}
     print(f"{a.clients} clients ({min(counts)}-{max(counts)} videos each), {a.per_round} per round, {a.rounds} rounds")
     start = time.perf_counter()
