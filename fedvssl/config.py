@@ -12,7 +12,10 @@ from pathlib import Path
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fedvssl.data.frame_cache import VERSION, read_manifest
 from fedvssl.data.lists import DOWNSTREAM_READERS
+from fedvssl.data.transforms import at_crop
+from fedvssl.data.video import BACKENDS
 from fedvssl.errors import ConfigError
 from fedvssl.models.precision import Precision
 from fedvssl.ssl.base import SSLMethod
@@ -102,10 +105,6 @@ def validate(cfg: DictConfig) -> None:
             name in DOWNSTREAM_READERS,
             f"finetune.datasets contains {name!r}; expected a subset of {list(DOWNSTREAM_READERS)}",
         )
-    _check(
-        cfg.runtime.decode_backend in ("auto", "decord", "pyav"),
-        f"runtime.decode_backend={cfg.runtime.decode_backend} must be auto, decord or pyav",
-    )
     try:
         Precision(**cfg.runtime.get("precision", {}))
     except (ValueError, TypeError) as e:
@@ -116,6 +115,87 @@ def validate(cfg: DictConfig) -> None:
         cause = e.__cause__ or e
         raise ConfigError(f"ssl={target.rsplit('.', 1)[-1]}: {cause}") from None
     _check(isinstance(method, SSLMethod), f"ssl._target_={target} does not build an SSLMethod")
+    check_decoding(cfg)  # after the method: the resize sizes it checks are the method's
+
+
+def largest_resize(cfg: DictConfig) -> tuple[int, str]:
+    """The largest short side, in pixels, that this run resizes frames to, and the key that asks for it.
+
+    Sizes are written at the 112 crop and scale with ``input.crop_size``. A fixed W x H
+    resize counts by its smaller side: landscape frames at least as wide as its aspect
+    (4:3 here, as Kinetics, UCF-101 and HMDB-51 are or wider) are then never enlarged.
+    """
+    asks = [(s, "ssl.scales") for s in cfg.ssl.get("scales", [])]
+    if "resize_hw" in cfg.ssl:
+        asks.append((min(cfg.ssl.resize_hw), "ssl.resize_hw"))
+    asks.append((min(cfg.finetune.retrieval.resize_hw), "finetune.retrieval.resize_hw"))
+    if cfg.finetune.training.enabled:
+        asks += [(min(wh), "finetune.training.scales_wh") for wh in cfg.finetune.training.scales_wh]
+    crop = cfg.input.crop_size
+    size, key = max(((at_crop(s, crop, minimum=crop), k) for s, k in asks), key=lambda a: a[0])
+    return size, key
+
+
+def check_decoding(cfg: DictConfig) -> None:
+    """``runtime.decode_backend``, and with ``cache`` a built frame cache whose frames are large enough."""
+    backend, folder = cfg.runtime.decode_backend, cfg.runtime.get("frame_cache")
+    _check(backend in BACKENDS, f"runtime.decode_backend={backend} must be one of {', '.join(BACKENDS)}")
+    build = "build it with python -m fedvssl.cache and this run's overrides"
+    if backend != "cache":
+        _check(
+            folder is None,
+            f"runtime.frame_cache={folder} is read only with runtime.decode_backend=cache (now {backend}): "
+            "add runtime.decode_backend=cache, or leave runtime.frame_cache out",
+        )
+        return
+    _check(folder is not None, f"runtime.decode_backend=cache needs runtime.frame_cache=<folder>: {build}")
+    _check(os.path.isdir(folder), f"runtime.frame_cache={folder} does not exist: {build}")
+    try:
+        manifest = read_manifest(folder)
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"runtime.frame_cache={folder}: {e}") from None
+    _check(manifest is not None, f"runtime.frame_cache={folder} holds no frame cache (no frame_cache.json): {build}")
+    _check(
+        manifest.version == VERSION,
+        f"runtime.frame_cache={folder} has format version {manifest.version}, this fedvssl reads {VERSION}: "
+        "build a new one in another folder",
+    )
+    size, key = largest_resize(cfg)
+    _check(
+        manifest.short_side >= size,
+        f"runtime.frame_cache={folder} holds frames at short side {manifest.short_side}, smaller than the {size} "
+        f"that {key} asks for at input.crop_size={cfg.input.crop_size}: build one with "
+        f"runtime.frame_cache_build.short_side={size} or more in another folder",
+    )
+
+
+def check_cache_build(cfg: DictConfig) -> None:
+    """``runtime.frame_cache`` and ``runtime.frame_cache_build`` for ``python -m fedvssl.cache``."""
+    folder, b = cfg.runtime.get("frame_cache"), cfg.runtime.frame_cache_build
+    _check(folder is not None, "runtime.frame_cache is required: add runtime.frame_cache=<folder>")
+    _integer(b.short_side, "runtime.frame_cache_build.short_side", 16)
+    _integer(b.quality, "runtime.frame_cache_build.quality", 1)
+    _check(b.quality <= 95, f"runtime.frame_cache_build.quality={b.quality} must be at most 95")
+    if b.workers is not None:
+        _integer(b.workers, "runtime.frame_cache_build.workers", 1)
+    size, key = largest_resize(cfg)
+    _check(
+        b.short_side >= size,
+        f"runtime.frame_cache_build.short_side={b.short_side} is smaller than the {size} that {key} asks for "
+        f"at input.crop_size={cfg.input.crop_size}",
+    )
+    _check(not os.path.isfile(folder), f"runtime.frame_cache={folder} is a file, not a folder")
+    try:
+        manifest = read_manifest(folder) if os.path.isdir(folder) else None
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"runtime.frame_cache={folder}: {e}") from None
+    if manifest is not None:
+        _check(
+            (manifest.version, manifest.short_side, manifest.quality) == (VERSION, b.short_side, b.quality),
+            f"runtime.frame_cache={folder} holds a cache of format version {manifest.version} at short side "
+            f"{manifest.short_side}, quality {manifest.quality}; runtime.frame_cache_build asks for version "
+            f"{VERSION}, {b.short_side}, {b.quality}: use another folder, or the same settings",
+        )
 
 
 def build_method(cfg: DictConfig) -> SSLMethod:

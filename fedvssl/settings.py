@@ -63,6 +63,7 @@ class ClientSettings:
     run_dir: str
     precision: Precision = field(default_factory=Precision)  # runtime.precision
     prefetch_factor: int = 2  # runtime.prefetch_factor: batches each loader worker keeps ready
+    frame_cache: str | None = None  # runtime.frame_cache: read with decode_backend=cache
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class ClipInput:
     device: str
     progress: bool
     precision: Precision = field(default_factory=Precision)  # runtime.precision
+    frame_cache: str | None = None  # runtime.frame_cache: read with decode_backend=cache
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,11 @@ class EvaluationSettings:
 
 def screening(cfg: DictConfig) -> ScreeningSettings:
     return settings(
-        ScreeningSettings, cfg.data, min_frames=cfg.input.clip_len, decode_backend=cfg.runtime.decode_backend
+        ScreeningSettings,
+        cfg.data,
+        min_frames=cfg.input.clip_len,
+        decode_backend=cfg.runtime.decode_backend,
+        frame_cache=cfg.runtime.get("frame_cache"),
     )
 
 

@@ -1,9 +1,10 @@
 """Torch datasets over video files.
 
-Nothing is extracted to frames beforehand: each item decodes just the frames it
-needs. A video that fails to decode while loading is replaced by the next usable
-one (deterministically), and the item says so in its ``bad`` field, so the
-training loop can count and report it; nothing crashes a client.
+Each item decodes just the frames it needs, from the video itself or from its entry
+in a pre-decoded frame cache (``backend="cache"``, :mod:`fedvssl.data.frame_cache`).
+A video that fails to decode while loading (or whose cache entry is missing or stale)
+is replaced by the next usable one (deterministically), and the item says so in its
+``bad`` field, so the training loop can count and report it; nothing crashes a client.
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ class ExampleSampler(Protocol):
 class VideoDataset(Dataset):
     """Shared plumbing: one lazily opened reader per worker, deterministic replacement."""
 
-    def __init__(self, records: Sequence[VideoRecord], backend: str) -> None:
+    def __init__(self, records: Sequence[VideoRecord], backend: str, frame_cache: str | None = None) -> None:
         if not records:
             raise DataError("no usable videos to load")
         self.records = list(records)
-        self.backend = backend
+        self.backend, self.frame_cache = backend, frame_cache
         self._reader: VideoReader | None = None
 
     def __len__(self) -> int:
@@ -50,7 +51,7 @@ class VideoDataset(Dataset):
 
     @property
     def reader(self) -> VideoReader:
-        self._reader = self._reader or make_reader(self.backend)
+        self._reader = self._reader or make_reader(self.backend, self.frame_cache)
         return self._reader
 
     def load(self, i: int) -> dict:
@@ -81,9 +82,14 @@ class PretextDataset(VideoDataset):
     """
 
     def __init__(
-        self, records: Sequence[VideoRecord], method: ExampleSampler, backend: str, seed: Sequence[int]
+        self,
+        records: Sequence[VideoRecord],
+        method: ExampleSampler,
+        backend: str,
+        seed: Sequence[int],
+        frame_cache: str | None = None,
     ) -> None:
-        super().__init__(records, backend)
+        super().__init__(records, backend, frame_cache)
         self.method = method
         self.seed = tuple(int(s) for s in seed)
 
@@ -109,8 +115,9 @@ class ClipsDataset(VideoDataset):
         resize_hw: tuple[int, int],
         crop: int,
         backend: str,
+        frame_cache: str | None = None,
     ) -> None:
-        super().__init__(records, backend)
+        super().__init__(records, backend, frame_cache)
         self.clip_len, self.stride, self.num_clips = clip_len, stride, num_clips
         self.resize_hw, self.crop = tuple(resize_hw), crop
 

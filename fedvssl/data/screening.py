@@ -1,6 +1,8 @@
 """Screening of video files before training: missing, empty, undecodable, too short.
 
 A run probes each listed video once (the result is cached by path, size and mtime),
+or, reading from a frame cache (``runtime.decode_backend=cache``), checks each video's
+entry (not in the cache, stale, or undecodable when the cache was built); it
 drops the unusable ones, reports them once with the first few paths, and stops
 with one line naming the dataset root when more than ``max_bad_fraction`` of a
 list, or all of it, is unusable. Anything a probe misses is still caught while
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedvssl.data.annotations import VideoRecord
+from fedvssl.data.frame_cache import NOT_CACHED, STALE, entry_status, read_failures
 from fedvssl.data.video import VideoReader, make_reader
 from fedvssl.errors import DataError
 from fedvssl.files import write_json
@@ -37,13 +40,14 @@ class ScreeningSettings:
     probe_workers: int
     probe_cache: str  # folder of the probe caches
     max_bad_fraction: float
+    frame_cache: str | None = None  # runtime.frame_cache: the folder read with decode_backend=cache
 
 
 @dataclass(frozen=True)
 class Problem:
     name: str
     path: str
-    reason: str  # missing | empty | undecodable | too short
+    reason: str  # missing | empty | undecodable | too short | not in the frame cache | stale in the frame cache
 
 
 def probe(reader: VideoReader, path: str) -> int:
@@ -87,12 +91,14 @@ def screen(
     probe_files: bool = True,
     cache: ProbeCache | None = None,
     workers: int = 2,
+    frame_cache: str | None = None,
 ) -> tuple[list[VideoRecord], list[Problem]]:
     """Split records into usable ones and problems, keeping the input order."""
     cache = cache or ProbeCache(None)
-    reader = make_reader(backend)
+    reader = make_reader(backend, frame_cache)
     status: dict[int, str] = {}
     to_probe: list[tuple[int, str, os.stat_result]] = []
+    to_look_up: list[tuple[int, str, os.stat_result]] = []
     for i, r in enumerate(records):
         if not r.path or not os.path.isfile(r.path):
             status[i] = "missing"
@@ -100,6 +106,10 @@ def screen(
         st = os.stat(r.path)
         if st.st_size == 0:
             status[i] = "empty"
+        elif backend == "cache":
+            # Always looked up, never taken from the probe cache: an entry's header is the
+            # probe (the build decoded every frame), and the entry can change without the video.
+            to_look_up.append((i, r.path, st))
         elif probe_files:
             frames = cache.get(r.path, st)
             if frames is None:
@@ -118,6 +128,15 @@ def screen(
         for i, path, st, frames in pool.map(run, to_probe):
             cache.put(path, st, frames)
             status[i] = _verdict(frames, min_frames)
+    if to_look_up:
+        failures = read_failures(frame_cache)
+
+        def look_up(item: tuple[int, str, os.stat_result]) -> tuple[int, tuple[str, int]]:
+            return item[0], entry_status(frame_cache, item[1], item[2], failures)
+
+        with ThreadPoolExecutor(max_workers=max(4, workers)) as pool:  # header reads: I/O bound
+            for i, (reason, frames) in pool.map(look_up, to_look_up):
+                status[i] = _verdict(frames, min_frames) if reason == "ok" else reason
     if to_probe:
         cache.save()
     good = [r for i, r in enumerate(records) if status.get(i, "ok") == "ok"]
@@ -139,9 +158,15 @@ def enforce(what: str, root: str | Path, total: int, problems: Sequence[Problem]
     summary = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
     first = [p.path or p.name for p in problems[:3]]
     if len(problems) >= total or len(problems) > max_bad_fraction * total:
+        # Entries a build would add: say how, rather than leave the reader to find the command.
+        hint = (
+            "; python -m fedvssl.cache with this run's overrides builds them"
+            if {NOT_CACHED, STALE} & set(counts)
+            else ""
+        )
         raise DataError(
             f"{root}: {len(problems)} of {total} {what} videos are unusable ({summary}), "
-            f"more than dataset.max_bad_fraction={max_bad_fraction}; first: {first}"
+            f"more than data.max_bad_fraction={max_bad_fraction}; first: {first}{hint}"
         )
     log.warning("%s: skipping %d of %d %s videos (%s); first: %s", root, len(problems), total, what, summary, first)
 
@@ -158,6 +183,7 @@ def usable(
         probe_files=settings.probe,
         cache=ProbeCache(cache_file),
         workers=settings.probe_workers,
+        frame_cache=settings.frame_cache,
     )
     enforce(what, root, len(records), bad, settings.max_bad_fraction)
     return good, bad

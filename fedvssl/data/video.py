@@ -1,15 +1,21 @@
-"""Video decoding behind one small interface: decord first, PyAV as the fallback.
+"""Video decoding behind one small interface: decord first, PyAV as the fallback, or a frame cache.
 
-Both readers return RGB uint8 frames [n, H, W, 3] for sorted or unsorted indices.
+Every reader returns RGB uint8 frames [n, H, W, 3] for sorted or unsorted indices.
 A reader is opened per call and dropped straight after, which keeps decord's memory
-flat inside long-lived DataLoader workers (dmlc/decord#208).
+flat inside long-lived DataLoader workers (dmlc/decord#208). ``iter_frames`` decodes a
+whole file in order, once, for building the frame cache (:mod:`fedvssl.data.frame_cache`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
+
+from fedvssl.data.frame_cache import FrameCacheReader
+
+BACKENDS = ("auto", "decord", "pyav", "cache")
 
 
 class VideoReader(Protocol):
@@ -41,6 +47,13 @@ class DecordReader:
         frames = vr.get_batch(idx.tolist()).asnumpy()
         vr.seek(0)
         return frames
+
+    def iter_frames(self, path: str, chunk: int) -> Iterator[np.ndarray]:
+        """Every frame in order, ``chunk`` at a time, from one reader: it never seeks back."""
+        vr = self._decord.VideoReader(path, num_threads=1)
+        n = len(vr)
+        for start in range(0, n, chunk):
+            yield vr.get_batch(list(range(start, min(n, start + chunk)))).asnumpy()
 
 
 class PyAVReader:
@@ -78,6 +91,20 @@ class PyAVReader:
         tail = decoded[max(decoded)]
         return np.stack([decoded.get(i, tail) for i in idx.tolist()])
 
+    def iter_frames(self, path: str, chunk: int) -> Iterator[np.ndarray]:
+        """Every frame in order, ``chunk`` at a time."""
+        with self._av.open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_count = 1
+            frames = []
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if len(frames) == chunk:
+                    yield np.stack(frames)
+                    frames = []
+            if frames:
+                yield np.stack(frames)
+
 
 class FallbackReader:
     """decord, and PyAV for any file decord fails on (decord has known per-file bugs)."""
@@ -100,11 +127,16 @@ class FallbackReader:
             return self.fallback.get_frames(path, indices)
 
 
-def make_reader(backend: str = "auto") -> VideoReader:
-    """``decord``, ``pyav`` or ``auto``: decord with a per-file PyAV fallback, or PyAV alone
-    where decord does not import (no wheels for Python >= 3.12 or ARM)."""
-    if backend not in ("auto", "decord", "pyav"):
-        raise ValueError(f"runtime.decode_backend={backend!r}: expected auto, decord or pyav")
+def make_reader(backend: str = "auto", frame_cache: str | None = None) -> VideoReader:
+    """``decord``, ``pyav``, ``auto`` (decord with a per-file PyAV fallback, or PyAV alone where
+    decord does not import: no wheels for Python >= 3.12 or ARM), or ``cache``: the frame
+    cache in folder ``frame_cache``, and nothing else."""
+    if backend not in BACKENDS:
+        raise ValueError(f"runtime.decode_backend={backend!r}: expected one of {', '.join(BACKENDS)}")
+    if backend == "cache":
+        if not frame_cache:
+            raise ValueError("runtime.decode_backend=cache needs runtime.frame_cache=<folder>")
+        return FrameCacheReader(frame_cache)
     if backend == "pyav":
         return PyAVReader()
     try:
@@ -114,3 +146,11 @@ def make_reader(backend: str = "auto") -> VideoReader:
             raise
         return PyAVReader()
     return decord if backend == "decord" else FallbackReader(decord, PyAVReader())
+
+
+def sequential_readers() -> list[DecordReader | PyAVReader]:
+    """The decoders that read a whole file in order, in the order to try them (decord, then PyAV)."""
+    try:
+        return [DecordReader(), PyAVReader()]
+    except ImportError:
+        return [PyAVReader()]

@@ -53,7 +53,7 @@ class TrainClips(VideoDataset):
     def __init__(
         self, records: Sequence[VideoRecord], clips: ClipInput, t: FinetuneSettings, seed: Sequence[int]
     ) -> None:
-        super().__init__(records, clips.decode_backend)
+        super().__init__(records, clips.decode_backend, clips.frame_cache)
         self.clip_len, self.crop, self.stride = clips.clip_len, clips.crop_size, t.stride
         sizes_hw = [(at_crop(h, self.crop, self.crop), at_crop(w, self.crop, self.crop)) for w, h in t.scales_wh]
         self.augment = TrainPreset(sizes_hw, self.crop, t.flip_p, t.brightness, t.contrast, t.hue_saturation)

@@ -24,6 +24,8 @@ def view_loader(
 ) -> DataLoader:
     """``num_clips`` test views per video; ``resize_hw`` is given at the reference 112 crop."""
     size_hw = (at_crop(resize_hw[0], clips.crop_size), at_crop(resize_hw[1], clips.crop_size))
-    views = ClipsDataset(records, clips.clip_len, stride, num_clips, size_hw, clips.crop_size, clips.decode_backend)
+    views = ClipsDataset(
+        records, clips.clip_len, stride, num_clips, size_hw, clips.crop_size, clips.decode_backend, clips.frame_cache
+    )
     pin = pin_memory(device_of(clips.device))
     return DataLoader(views, batch_size=batch_size, num_workers=clips.eval_workers, pin_memory=pin)

@@ -152,7 +152,8 @@ def local_train(
     # More than one clip per video per round: a longer local epoch over a small dataset.
     # Each repeat draws its own clip (the draws are seeded by position in the list).
     examples = records * s.clips_per_video
-    dataset = PretextDataset(examples, method, s.decode_backend, seed=(s.seed, server_round, partition_id))
+    seed = (s.seed, server_round, partition_id)
+    dataset = PretextDataset(examples, method, s.decode_backend, seed, frame_cache=s.frame_cache)
     loader = DataLoader(
         dataset,
         batch_size=s.batch_size,
