@@ -38,6 +38,7 @@ STAGES = {
     "fedvssl.prepare": 8,
     "fedvssl.evaluate": 8,
     "fedvssl.convert": 8,
+    "fedvssl.cache": 8,
     "dataset_preparation": 9,
 }
 
