@@ -59,7 +59,7 @@ def main(cfg: DictConfig) -> None:
     paths = listed_videos(cfg)
     manifest = Manifest(short_side=b.short_side, quality=b.quality)
     write_manifest(folder, manifest)  # first: entries are only ever written beside their settings
-    workers = b.workers or len(os.sched_getaffinity(0))
+    workers = len(os.sched_getaffinity(0)) if b.workers is None else b.workers
     try:
         summary = build_cache(paths, folder, manifest, workers)
     except BrokenProcessPool:

@@ -177,7 +177,7 @@ def check_cache_build(cfg: DictConfig) -> None:
     _integer(b.quality, "runtime.frame_cache_build.quality", 1)
     _check(b.quality <= 95, f"runtime.frame_cache_build.quality={b.quality} must be at most 95")
     if b.workers is not None:
-        _integer(b.workers, "runtime.frame_cache_build.workers", 1)
+        _integer(b.workers, "runtime.frame_cache_build.workers", 0)
     size, key = largest_resize(cfg)
     _check(
         b.short_side >= size,

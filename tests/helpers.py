@@ -129,3 +129,11 @@ def assert_within_bf16_rounding(decoded: dict, state: dict) -> None:
             np.testing.assert_array_equal(decoded[k], v)
         else:
             assert np.all(np.abs(decoded[k] - v) <= BF16_REL * np.abs(v)), k
+
+
+def one_error_line(proc) -> str:
+    """The single ``fedvssl: error:`` line of a command that stopped on bad input (status 2, no traceback)."""
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("fedvssl: error:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]

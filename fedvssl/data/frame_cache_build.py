@@ -144,7 +144,8 @@ Progress = Callable[[str], None]
 def build_cache(
     paths: Sequence[str], folder: str | Path, manifest: Manifest, workers: int, progress: Progress = print
 ) -> BuildSummary:
-    """Cache every video of ``paths`` that has no fresh entry in ``folder``; record the failures."""
+    """Cache every video of ``paths`` that has no fresh entry in ``folder`` in ``workers`` processes
+    (0: in this one, where a decoder that crashes takes the build with it); record the failures."""
     start = time.perf_counter()
     unique = list(dict.fromkeys(source_key(p) for p in paths))  # one entry per file, however often listed
     summary = BuildSummary(listed=len(unique))
@@ -183,13 +184,16 @@ def build_cache(
             )
             write_failures(folder, failures)  # an interrupted build keeps what it learnt
 
-    if todo:
+    if todo and workers == 0:  # in this process: small lists and tests (no process start-up)
+        for path in todo:
+            record(build_entry(path, folder, manifest))
+    elif todo:
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max(1, workers), mp_context=context, initializer=_init_worker) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
             pending: set[Future] = set()
             for path in todo:
                 pending.add(pool.submit(build_entry, path, folder, manifest))
-                if len(pending) >= 4 * max(1, workers):  # a few tasks ahead of the workers, not 240,000
+                if len(pending) >= 4 * workers:  # a few tasks ahead of the workers, not 240,000
                     finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for f in finished:
                         record(f.result())
