@@ -5,8 +5,10 @@ In one run, side by side, at 16x112x112 (Speed's sampler and augmentation, batch
 - decord over Kinetics-shaped videos (340x256, 10 s at 25 fps, H.264 with one keyframe
   per video, as ffmpeg's default GOP of 250 gives) with N = 0, 1, 2 DataLoader workers;
 - two pre-decoded clip caches at short side 144 (the largest of Speed's scales, so every
-  drawn scale resizes down from it): raw uint8 frames in a memory-mapped ``.npy`` per
-  video, and JPEG frames (quality 90) in one file per video; with their disk cost;
+  drawn scale resizes down from it), with their disk cost: the frame cache backend
+  (``runtime.decode_backend=cache``: JPEG frames at quality 90, one entry per video, built
+  by ``fedvssl.data.frame_cache_build`` as ``python -m fedvssl.cache`` builds them), and a
+  prototype of raw uint8 frames in a memory-mapped ``.npy`` per video;
 - the augmentation alone on frames already in memory: what no decoder can beat;
 - the model's training step (forward, backward, clipping, SGD) on this machine's device:
   with a GPU, as ``runtime=gpu`` runs it (bf16 autocast, channels-last, cuDNN autotuner).
@@ -21,7 +23,6 @@ Usage: ``python -m benchmarks.decoder [--seconds 10] [--videos 6] [--device cuda
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import tempfile
 import time
@@ -34,9 +35,10 @@ from torch.utils.data import DataLoader
 from benchmarks.data_loading import rate
 from benchmarks.train_throughput import method_for, steps
 from dataset_preparation.synthetic import MOTIONS, WorldSpec, render_video, write_video
-from fedvssl.data import transforms as T
 from fedvssl.data.annotations import VideoRecord
 from fedvssl.data.datasets import PretextDataset
+from fedvssl.data.frame_cache import Manifest, write_manifest
+from fedvssl.data.frame_cache_build import build_entry, cached_frames
 from fedvssl.data.video import DecordReader
 from fedvssl.models.precision import Precision, prepare
 
@@ -65,16 +67,10 @@ def all_frames(path: str) -> np.ndarray:
     return reader.get_frames(path, np.arange(reader.num_frames(path)))
 
 
-def short_side(frames: np.ndarray, size: int) -> np.ndarray:
-    """All frames at short side ``size`` with the training resize (bilinear), back to uint8."""
-    clip = T.resize_short_side(T.to_clip(frames), size)
-    return clip.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-
-
 class NpyCache:
-    """Frames [n, h, w, 3] uint8 per video, memory-mapped: a read touches only the frames used."""
+    """A prototype: frames [n, h, w, 3] uint8 per video, memory-mapped: a read touches only the frames used."""
 
-    name = "npy cache"
+    name = "uint8 .npy cache (prototype)"
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -83,7 +79,7 @@ class NpyCache:
         return self.folder / (Path(path).stem + ".npy")
 
     def build(self, path: str) -> int:
-        frames = short_side(all_frames(path), CACHE_SHORT_SIDE)
+        frames = cached_frames(all_frames(path), CACHE_SHORT_SIDE)
         np.save(self.file(path), frames)
         return self.file(path).stat().st_size
 
@@ -95,46 +91,21 @@ class NpyCache:
         return np.asarray(frames[np.clip(np.asarray(indices), 0, len(frames) - 1)])
 
 
-class JpegCache(NpyCache):
-    """The same frames as JPEG (quality 90), one file per video: offsets, then the images."""
+class JpegCache:
+    """The frame cache backend: built as ``python -m fedvssl.cache`` builds it, read by ``make_reader``."""
 
-    name = "JPEG cache"
+    name = "JPEG frame cache (decode_backend=cache)"
 
-    def file(self, path: str) -> Path:
-        return self.folder / (Path(path).stem + ".jpgs")
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.manifest = Manifest(short_side=CACHE_SHORT_SIDE, quality=90)
+        write_manifest(folder, self.manifest)
 
     def build(self, path: str) -> int:
-        from PIL import Image
-
-        frames = short_side(all_frames(path), CACHE_SHORT_SIDE)
-        images = []
-        for frame in frames:
-            buf = io.BytesIO()
-            Image.fromarray(frame).save(buf, format="JPEG", quality=90)
-            images.append(buf.getvalue())
-        offsets = np.cumsum([0] + [len(b) for b in images]).astype(np.int64)
-        with open(self.file(path), "wb") as f:
-            f.write(np.int64(len(images)).tobytes() + offsets.tobytes() + b"".join(images))
-        return self.file(path).stat().st_size
-
-    def _offsets(self, f) -> np.ndarray:
-        n = int(np.frombuffer(f.read(8), np.int64)[0])
-        return np.frombuffer(f.read(8 * (n + 1)), np.int64), 8 * (n + 2)
-
-    def num_frames(self, path: str) -> int:
-        with open(self.file(path), "rb") as f:
-            return len(self._offsets(f)[0]) - 1
-
-    def get_frames(self, path: str, indices) -> np.ndarray:
-        from PIL import Image
-
-        with open(self.file(path), "rb") as f:
-            offsets, base = self._offsets(f)
-            out = []
-            for i in np.clip(np.asarray(indices), 0, len(offsets) - 2):
-                f.seek(base + int(offsets[i]))
-                out.append(np.asarray(Image.open(io.BytesIO(f.read(int(offsets[i + 1] - offsets[i])))).convert("RGB")))
-        return np.stack(out)
+        built = build_entry(path, self.folder, self.manifest)
+        if built.error:
+            raise RuntimeError(f"{path}: {built.error}")
+        return built.bytes
 
 
 class InMemory(NpyCache):
@@ -152,10 +123,14 @@ class InMemory(NpyCache):
         return self.frames[path][np.asarray(indices)]
 
 
-def loader_rate(records: list[VideoRecord], method, reader, workers: int, seconds: float) -> float:
-    ds = PretextDataset(records, method, "decord", seed=(0,))
-    if reader is not None:
-        ds._reader = reader  # the prototype caches are readers of the same interface, not config backends
+def loader_rate(records: list[VideoRecord], method, source, workers: int, seconds: float) -> float:
+    """Speed's training loader over ``source``: None (decord), the frame cache, or a prototype reader."""
+    if isinstance(source, JpegCache):  # the real backend, as a run configures it
+        ds = PretextDataset(records, method, "cache", seed=(0,), frame_cache=str(source.folder))
+    else:
+        ds = PretextDataset(records, method, "decord", seed=(0,))
+        if source is not None:
+            ds._reader = source  # the prototypes are readers of the same interface, not config backends
     loader = DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
     return rate(loader, 1, seconds)
 
@@ -198,15 +173,15 @@ def main() -> None:
         if workers <= cores:
             rows.append(("decord", workers, loader_rate(records, method, None, workers, a.seconds), max(workers, 1)))
     disk = {}
-    for cache in (NpyCache(root / "npy"), JpegCache(root / "jpeg")):
-        cache.folder.mkdir(exist_ok=True)
+    (root / "npy").mkdir(exist_ok=True)
+    for cache in (NpyCache(root / "npy"), JpegCache(root / "frame-cache")):
         start = time.perf_counter()
         sizes = [cache.build(str(p)) for p in paths]
         build_s = (time.perf_counter() - start) / len(paths)
         disk[cache.name] = (np.mean(sizes) / a.frames, build_s)
         for workers in sorted({0, max(w for w in a.workers if w <= cores)}):
             rows.append((cache.name, workers, loader_rate(records, method, cache, workers, a.seconds), max(workers, 1)))
-    frames = {str(p): short_side(all_frames(str(p)), CACHE_SHORT_SIDE) for p in paths}
+    frames = {str(p): cached_frames(all_frames(str(p)), CACHE_SHORT_SIDE) for p in paths}
     rows.append(("in memory (augment only)", 0, loader_rate(records, method, InMemory(frames), 0, a.seconds), 1))
 
     where = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} thread"

@@ -3,8 +3,9 @@
 # 1. training throughput per method, full client step against compute only: fp32, then
 #    bf16 + channels-last (runtime=gpu), then with torch.compile (CtP only: compiling costs minutes);
 # 2. the decoder against the model's step rate (benchmarks/decoder.py): decord with 0, 3 and 15
-#    loader workers (15 = 5 packed clients x 3 workers, conf/runtime/gpu.yaml), the pre-decoded
-#    caches, and the step rate at batch 4 and 20.
+#    loader workers (15 = 5 packed clients x 3 workers, conf/runtime/gpu.yaml), the frame cache
+#    backend (runtime.decode_backend=cache) and the .npy prototype with 0 and 15, and the step
+#    rate at batch 4 and 20.
 # Each step has its own time limit, so one slow step cannot take the others' time.
 set -euo pipefail
 cd "$(dirname "$0")/.."

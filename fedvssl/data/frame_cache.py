@@ -243,5 +243,5 @@ class FrameCacheReader:
                 start, end = int(header.offsets[i]), int(header.offsets[i + 1])
                 f.seek(header.data_start + start)
                 with Image.open(io.BytesIO(f.read(end - start))) as image:
-                    decoded[i] = np.asarray(image.convert("RGB"))
+                    decoded[i] = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
         return np.stack([decoded[i] for i in idx.tolist()])
