@@ -175,7 +175,7 @@ def check_cache_build(cfg: DictConfig) -> None:
     _check(folder is not None, "runtime.frame_cache is required: add runtime.frame_cache=<folder>")
     _integer(b.short_side, "runtime.frame_cache_build.short_side", 16)
     _integer(b.quality, "runtime.frame_cache_build.quality", 1)
-    _check(b.quality <= 95, f"runtime.frame_cache_build.quality={b.quality} must be at most 95")
+    _check(b.quality <= 100, f"runtime.frame_cache_build.quality={b.quality} must be at most 100")
     if b.workers is not None:
         _integer(b.workers, "runtime.frame_cache_build.workers", 0)
     size, key = largest_resize(cfg)

@@ -54,6 +54,7 @@ def built(folder: Path, paths: list[str], short_side: int) -> Path:
 
 
 def jpeg_round_trip(frame: np.ndarray) -> np.ndarray:
+    """``frame`` coded as a JPEG at QUALITY and decoded again, by libjpeg-turbo through Pillow."""
     buf = io.BytesIO()
     Image.fromarray(frame).save(buf, format="JPEG", quality=QUALITY)
     return np.asarray(Image.open(buf).convert("RGB"))
@@ -74,8 +75,10 @@ def test_cache_frames_are_the_decoded_frames_resized_within_jpeg_error(world, tm
         assert reader.num_frames(path) == len(decoded)
         got = reader.get_frames(path, np.arange(len(decoded)))
         assert got.shape == (len(decoded), *hw, 3) and got.dtype == np.uint8
-        # Exactly the JPEG coding of the resized frames, in order ...
-        np.testing.assert_array_equal(got, np.stack([jpeg_round_trip(f) for f in resized]))
+        # The JPEG coding of the resized frames, in order: Pillow's own coding of them (another
+        # build of libjpeg-turbo, which may round its inverse DCT apart by a grey level) ...
+        coded = np.stack([jpeg_round_trip(f) for f in resized])
+        assert np.abs(got.astype(np.int16) - coded).max() <= 1, path
         # ... which is within JPEG's error of them.
         err = np.abs(got.astype(np.int16) - resized.astype(np.int16))
         assert err.mean() < MAX_MEAN_ERROR and np.percentile(err, 99.9) < MAX_P999_ERROR, path
@@ -222,7 +225,7 @@ def test_a_cache_large_enough_for_the_run_is_accepted(tmp_path):
     ("overrides", "expected"),
     [
         ([], "runtime.frame_cache is required: add runtime.frame_cache=<folder>"),
-        (["runtime.frame_cache={tmp}/new", "runtime.frame_cache_build.quality=100"], "quality=100 must be at most 95"),
+        (["runtime.frame_cache={tmp}/new", "runtime.frame_cache_build.quality=101"], "quality=101 must be at most 100"),
         (
             ["runtime.frame_cache={tmp}/new", "runtime.frame_cache_build.short_side=40"],
             "runtime.frame_cache_build.short_side=40 is smaller than the 41 that ssl.scales asks for",
