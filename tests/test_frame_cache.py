@@ -75,8 +75,8 @@ def test_cache_frames_are_the_decoded_frames_resized_within_jpeg_error(world, tm
         assert reader.num_frames(path) == len(decoded)
         got = reader.get_frames(path, np.arange(len(decoded)))
         assert got.shape == (len(decoded), *hw, 3) and got.dtype == np.uint8
-        # The JPEG coding of the resized frames, in order: Pillow's own coding of them (another
-        # build of libjpeg-turbo, which may round its inverse DCT apart by a grey level) ...
+        # The JPEG coding of the resized frames, in order (the cache codes through Pillow too;
+        # a grey level of slack for another libjpeg-turbo build's rounding of its inverse DCT) ...
         coded = np.stack([jpeg_round_trip(f) for f in resized])
         assert np.abs(got.astype(np.int16) - coded).max() <= 1, path
         # ... which is within JPEG's error of them.
@@ -296,3 +296,16 @@ def test_a_run_trains_and_evaluates_from_the_cache(tmp_path, flower_env, world):
     assert sum(entry["num_examples"]) == 63 and entry["bad-videos"] == [0, 0]
     retrieval = json.loads((run / "results.json").read_text())["ucf101"]["retrieval"]
     assert 0.0 <= retrieval["R@1"] <= retrieval["R@50"] <= 100.0
+
+
+def test_a_supernode_points_the_run_at_its_own_paths_and_cache(tmp_path):
+    from flwr.app import Context, RecordDict
+
+    from fedvssl.config import client_config
+    from fedvssl.federated.client_app import node_config
+
+    cfg = client_config(compose(tmp_path, "runtime.decode_backend=cache", "runtime.frame_cache=/server/cache"))
+    own = {"partition-id": 3, "videos": "/node/videos", "frame-cache": "/node/cache", "state-dir": "/node/state"}
+    cfg = node_config(cfg, Context(run_id=0, node_id=1, node_config=own, state=RecordDict(), run_config={}))
+    assert cfg.runtime.frame_cache == "/node/cache" and cfg.runtime.decode_backend == "cache"
+    assert cfg.dataset.pretrain.videos == "/node/videos" and cfg.run.dir == "/node/state"

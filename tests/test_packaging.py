@@ -43,7 +43,9 @@ def test_installed_wheel_runs_from_anywhere(tmp_path):
     assert convert.returncode == 2 and convert.stderr.splitlines() == [
         f"fedvssl: error: {tmp_path / 'none.npz'}: no such checkpoint"
     ]
-    for command in ("fedvssl", "fedvssl-evaluate", "fedvssl-prepare", "fedvssl-sweep", "fedvssl-partition"):
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"fedvssl", "fedvssl-evaluate", "fedvssl-prepare", "fedvssl-cache", "fedvssl-sweep"} <= set(scripts)
+    for command in scripts:
         assert (target / "bin" / command).is_file(), command
 
 

@@ -23,17 +23,16 @@ from its old frames.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import struct
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from fedvssl.files import _atomic, write_json  # _atomic: the files module's writer, fed the entry's bytes
+from fedvssl.files import write_bytes, write_json
 
 VERSION = 1
 MAGIC = b"FVSSLJPG"
@@ -147,7 +146,7 @@ def encode_entry(
 def write_entry(folder: str | Path, source: str, data: bytes) -> Path:
     """Write an entry atomically: a reader sees the old entry or the new one, never half of one."""
     file = entry_path(folder, source)
-    _atomic(file, lambda f: f.write(data))
+    write_bytes(file, data)
     return file
 
 
@@ -243,31 +242,24 @@ class FrameCacheReader:
         return decode_jpegs(images)[where]
 
 
-# JPEG coding goes through torchvision.io (libjpeg-turbo), a declared dependency. torchvision
-# 0.29 (constraints.txt) marks it deprecated in favour of TorchCodec and warns on every call;
-# the warning is silenced here only. Pillow does the same work (its decoder was within 20 %
-# of this one on a 16-frame clip here) and is the replacement once it is a declared dependency.
-def _quietly(call, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The image decoding and encoding", DeprecationWarning)
-        return call(*args, **kwargs)
-
-
+# JPEG coding goes through Pillow (libjpeg-turbo in its wheels). torchvision.io does the same
+# work slightly faster, but torchvision 0.29 deprecates its image codecs for removal.
 def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
     """One RGB uint8 frame [h, w, 3] as a JPEG (libjpeg-turbo's defaults: 4:2:0 chroma)."""
-    from torchvision.io import encode_jpeg as encode
+    from PIL import Image
 
-    planar = torch.from_numpy(np.ascontiguousarray(frame.transpose(2, 0, 1)))
-    return _quietly(encode, planar, quality=quality).numpy().tobytes()
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(frame)).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def decode_jpegs(images: list[bytearray]) -> np.ndarray:
     """JPEGs of one size -> RGB uint8 frames [n, h, w, 3], C-contiguous as decord's."""
-    from torchvision.io import ImageReadMode, decode_jpeg
+    from PIL import Image
 
-    tensors = [torch.frombuffer(b, dtype=torch.uint8) for b in images]
-    planar = _quietly(decode_jpeg, tensors, mode=ImageReadMode.RGB)  # [3, h, w] each
-    frames = np.empty((len(planar), *planar[0].shape[1:], 3), np.uint8)
-    for k, image in enumerate(planar):
-        frames[k] = image.numpy().transpose(1, 2, 0)
+    first = Image.open(io.BytesIO(images[0]))
+    frames = np.empty((len(images), first.height, first.width, 3), np.uint8)
+    for k, data in enumerate(images):
+        image = first if k == 0 else Image.open(io.BytesIO(data))
+        frames[k] = np.asarray(image.convert("RGB"))
     return frames

@@ -22,6 +22,7 @@ NODE_OVERRIDES = {
     "partition-dir": "partition.dir",  # folder holding this node's client_dist<k>.json
     "videos": "dataset.pretrain.videos",  # this node's video folder
     "state-dir": "run.dir",  # where this node keeps its head between rounds
+    "frame-cache": "runtime.frame_cache",  # this node's frame cache (with runtime.decode_backend=cache)
 }
 
 
