@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# One short GPU run (under 8 minutes), both sides of the input pipeline at 16x112x112:
-# 1. training throughput per method, full client step against compute only: fp32, then
-#    bf16 + channels-last (runtime=gpu), then with torch.compile (CtP only: compiling costs minutes);
+# One short GPU run (under 8 minutes), side by side at 16x112x112:
+# 1. training throughput per method, full client step against compute only (target >= 0.9):
+#    fp32, then bf16 + channels-last (runtime=gpu), then with torch.compile (CtP only:
+#    compiling costs minutes);
 # 2. the decoder against the model's step rate (benchmarks/decoder.py): decord with 0, 3 and 15
 #    loader workers (15 = 5 packed clients x 3 workers, conf/runtime/gpu.yaml), the frame cache
-#    backend (runtime.decode_backend=cache) and the .npy prototype with 0 and 15, and the step
-#    rate at batch 4 and 20.
+#    (runtime.decode_backend=cache), and the step rate at batch 4 and 20;
+# 3. retrieval feature clips/s (fp32, bf16 + channels-last), then one federated round of 5
+#    clients at input=paper with runtime=gpu, end to end from the frame cache, and the
+#    projected wall time of the 540-round protocol (benchmarks/paper_round.py).
 # Each step has its own time limit, so one slow step cannot take the others' time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -c constraints.txt -e . >/dev/null
+export FLWR_HOME=$(mktemp -d) FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 nvidia-smi --query-gpu=name,memory.total --format=csv
 nproc
 step() {  # step <seconds> <command...>: run it, and say so if it ran out of time
@@ -17,8 +21,14 @@ step() {  # step <seconds> <command...>: run it, and say so if it ran out of tim
     shift
     timeout "$limit" "$@" || echo "gpu.sh: '$*' stopped (exit $?; limit ${limit} s)"
 }
-step 90 python -m benchmarks.train_throughput --device cuda --workers 8 --batch-size 4 --seconds 10
-step 90 python -m benchmarks.train_throughput --device cuda --workers 8 --batch-size 4 --seconds 10 --amp --channels-last
-step 110 python -m benchmarks.train_throughput --device cuda --workers 8 --batch-size 4 --seconds 10 --amp --channels-last \
+# The round's Kinetics-shaped videos are rendered on one core while the GPU steps run.
+python -m benchmarks.paper_round --prepare-only > /tmp/fedvssl-paper-round-prepare.log 2>&1 &
+prepare=$!
+step 60 python -m benchmarks.train_throughput --device cuda --workers 8 --batch-size 4 --seconds 6
+step 60 python -m benchmarks.train_throughput --device cuda --workers 8 --batch-size 4 --seconds 6 --amp --channels-last
+step 80 python -m benchmarks.train_throughput --device cuda --workers 8 --batch-size 4 --seconds 6 --amp --channels-last \
     --compile --methods ctp
-step 150 python -m benchmarks.decoder --device cuda --seconds 8 --workers 0 3 15
+step 140 python -m benchmarks.decoder --device cuda --seconds 6 --workers 0 3 15
+wait "$prepare" || true
+cat /tmp/fedvssl-paper-round-prepare.log
+step 120 python -m benchmarks.paper_round --runtime gpu --decode-backend cache --seconds 5
