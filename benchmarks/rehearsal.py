@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         f"partition.num_clients={a.clients}",
         f"strategy.clients_per_round={a.per_round}",
         "input=tiny",
+        "dataset.pretrain.clips_per_video=1",  # the reference's one local epoch (the demo's 25 is for learning)
         f"num_rounds={a.rounds}",
         "finetune.datasets=[]",
         f"runtime.num_cpus_per_client={cpus}",
