@@ -23,7 +23,6 @@ Usage: ``python -m benchmarks.paper_round [--runtime gpu] [--ssl ctp] [--clips-p
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -33,13 +32,12 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.jobs import ROOT, job_env, run_job
 from dataset_preparation.synthetic import ensure
 from fedvssl.downstream.retrieval import RETRIEVAL_POOL
 from fedvssl.models.precision import Precision, autocast, prepare, to_device
 from fedvssl.models.r3d import R3D18
-from fedvssl.run_setup import FLOWER_ENV
 
-ROOT = Path(__file__).resolve().parents[1]
 PAPER_ROUNDS = 540
 PAPER_CLIENTS_PER_ROUND = 5
 PAPER_CLIPS_PER_CLIENT = 2300  # Kinetics-400's ~230,000 training videos over 100 clients, one clip each
@@ -127,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         f"hydra.run.dir={run_dir}",
         *a.overrides,
     ]
-    env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(a.work / "flwr"), "PYTHONPATH": str(ROOT)}
+    env = job_env(a.work)
     if a.decode_backend == "cache":
         cache = a.work / "frame-cache"
         cache.mkdir(parents=True, exist_ok=True)
@@ -144,12 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"frame cache built in {time.perf_counter() - start:.0f} s")
         overrides += ["runtime.decode_backend=cache", f"runtime.frame_cache={cache}"]
     print(f"\nmain job: {' '.join(overrides)}")
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "fedvssl.main", *overrides], cwd=ROOT, env=env)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"the run failed; see {run_dir / 'main.log'}")
-    history = json.loads((run_dir / "history.json").read_text())
+    history, wall = run_job(overrides, a.work, run_dir)
     last = history[-1]
     clips = sum(last["num_examples"]) * a.clips_per_video
     round_s = last["time_s"]

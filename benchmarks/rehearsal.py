@@ -25,22 +25,18 @@ Usage: ``python -m benchmarks.rehearsal [--rounds 20] [--clients 100] [--per-rou
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.jobs import run_job
 from dataset_preparation.synthetic import WorldSpec, ensure
 from fedvssl.data import partitions as P
 from fedvssl.data.kinetics import read_kinetics_csv
-from fedvssl.run_setup import FLOWER_ENV
 
-ROOT = Path(__file__).resolve().parents[1]
 PAPER_ROUNDS = 540
 
 
@@ -100,15 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     ]
     if a.object_store_mb is not None:
         overrides.append(f"runtime.object_store_mb={a.object_store_mb}")
-    env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(a.work / "flwr"), "PYTHONPATH": str(ROOT)}
     print(f"{a.clients} clients ({min(counts)}-{max(counts)} videos each), {a.per_round} per round, {a.rounds} rounds")
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "fedvssl.main", *overrides], cwd=ROOT, env=env)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"the run failed; see {run_dir / 'main.log'}")
-
-    history = json.loads((run_dir / "history.json").read_text())
+    history, wall = run_job(overrides, a.work, run_dir)
     steady = history[2:] if len(history) > 3 else history
     overhead = [h["time_s"] - sum(h["train-time"]) for h in history]
     compute = [sum(h["train-time"]) for h in history]

@@ -225,6 +225,7 @@ def test_ctp_federation(tmp_path, flower_env, world):
         "input.crop_size=32",
         "partition.num_clients=2",
         "num_rounds=1",
+        "dataset.pretrain.clips_per_video=1",  # one local epoch (the demo draws 25 clips per video)
     ]
     args += ["finetune=hmdb51", "finetune.retrieval.num_clips=1", f"dataset.root={world}", f"hydra.run.dir={run}"]
     proc = run_main(args, flower_env)
