@@ -51,7 +51,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{method.__class__.__name__}, {len(records)} videos, batch {batch}, {a.steps} steps")
     while step < a.steps:
         epoch += 1
-        dataset = PretextDataset(records, method, cfg.runtime.decode_backend, seed=(int(cfg.seed), epoch, 0))
+        dataset = PretextDataset(
+            records,
+            method,
+            cfg.runtime.decode_backend,
+            seed=(int(cfg.seed), epoch, 0),
+            frame_cache=cfg.runtime.get("frame_cache"),
+        )
         # A fresh optimiser per epoch, as a client's round; every step is a full batch.
         take = min(steps_per_epoch, a.steps - step) * batch
         sampler = RandomSampler(dataset, num_samples=take, generator=torch.Generator().manual_seed(epoch))
