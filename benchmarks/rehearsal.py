@@ -10,7 +10,10 @@ after another and
 
     framework overhead per round = round wall time - sum of the clients' train-time
 
-(train-time covers a client's whole local work: model build, data, training). From
+(train-time covers a client's whole local work: model build, data, training). The
+round wall time runs from one round's start to the next one's (``started_at`` in the
+history), so it counts what happens between rounds too: the checkpoint and history
+writes, retention, Flower's loop. From
 ``history.json`` it reports the overhead, the server's and the client process's
 resident memory over the rounds (slope by least squares over rounds 3..R), and the
 run folder's disk use, then projects them to 540 rounds. Memory is split as Ray's
@@ -19,7 +22,8 @@ shared-memory object store it has mapped (``server_shm_mb``, ``shm-mb``); those 
 are shared by both processes, counted in each one's RSS, and bounded by the object
 store's size, so they are reported once, apart.
 
-Usage: ``python -m benchmarks.rehearsal [--rounds 20] [--clients 100] [--per-round 5] [--object-store-mb M]``.
+Usage: ``python -m benchmarks.rehearsal [--rounds 20] [--clients 100] [--per-round 5] [--object-store-mb M]
+[main-job overrides ...]``.
 """
 
 from __future__ import annotations
@@ -64,6 +68,17 @@ def slope(values: list[float]) -> float:
     return float(np.polyfit(np.arange(len(values)), values, 1)[0]) if len(values) > 1 else 0.0
 
 
+def halves(series: list[float]) -> str:
+    """The largest value of the first and of the second half of the rounds.
+
+    The heap is given back once it passes a bound (``strategy.release_heap``), so memory
+    is a saw-tooth: a slope over a few rounds can catch one rising edge, while a process
+    that does not grow has the same peak in both halves.
+    """
+    mid = len(series) // 2
+    return f"{max(series[:mid] or series):.0f} / {max(series[mid:]):.0f} MiB"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=20)
@@ -71,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--per-round", type=int, default=5)
     p.add_argument("--videos-per-class", type=int, default=64, help="Kinetics-style videos per synthetic class")
     p.add_argument("--object-store-mb", type=int, default=None, help="runtime.object_store_mb (default: Ray's)")
+    p.add_argument("overrides", nargs="*", help="more main-job overrides, e.g. strategy.transfer_dtype=bfloat16")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fedvssl-rehearsal")
     a = p.parse_args(argv)
 
@@ -96,10 +112,19 @@ def main(argv: list[str] | None = None) -> None:
     ]
     if a.object_store_mb is not None:
         overrides.append(f"runtime.object_store_mb={a.object_store_mb}")
+    overrides += a.overrides
     print(f"{a.clients} clients ({min(counts)}-{max(counts)} videos each), {a.per_round} per round, {a.rounds} rounds")
     history, wall = run_job(overrides, a.work, run_dir)
     steady = history[2:] if len(history) > 3 else history
-    overhead = [h["time_s"] - sum(h["train-time"]) for h in history]
+    # A round's wall time: to the next round's start; the last round (no next) by its own time_s.
+    starts = [h.get("started_at") for h in history]
+    walls = [
+        b - a if a is not None and b is not None else h["time_s"]
+        for h, a, b in zip(history, starts, [*starts[1:], None], strict=True)
+    ]
+    walls[-1] = history[-1]["time_s"]
+    overhead = [w - sum(h["train-time"]) for w, h in zip(walls, history, strict=True)]
+    between = [w - h["time_s"] for w, h in zip(walls[:-1], history, strict=False)]
     compute = [sum(h["train-time"]) for h in history]
     server = [h["server_rss_mb"] - h.get("server_shm_mb", 0.0) for h in steady]
     # One actor serves all clients: its latest figure of the round is the largest.
@@ -118,11 +143,14 @@ def main(argv: list[str] | None = None) -> None:
         ("wall time (whole job)", f"{wall:.0f} s", ""),
         ("clients' compute per round (mean)", f"{np.mean(compute):.2f} s", ""),
         ("framework overhead per round (rounds 3..R)", f"{over:.2f} s", f"{over * PAPER_ROUNDS / 60:.1f} min in all"),
+        ("  of which between rounds (files, Flower's loop)", f"{np.mean(between[2:] or between):.2f} s", ""),
         ("overhead, round 1 (Ray start, sampling query)", f"{overhead[0]:.2f} s", "once"),
         ("server memory less object store (last round)", f"{server[-1]:.0f} MiB", projected(server)),
         ("server memory slope", f"{slope(server):+.2f} MiB/round", ""),
+        ("server memory peak, first / second half", halves(server), "flat if the halves agree"),
         ("client process memory less object store (last round)", f"{client[-1]:.0f} MiB", projected(client)),
         ("client process memory slope", f"{slope(client):+.2f} MiB/round", ""),
+        ("client process memory peak, first / second half", halves(client), ""),
         ("Ray object store pages mapped (last round)", f"{store[-1]:.0f} MiB", "bounded by the store's size"),
         ("object store pages slope", f"{slope(store):+.2f} MiB/round", ""),
         ("run folder on disk", f"{disk / 1e6:.1f} MB", ""),

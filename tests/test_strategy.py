@@ -87,6 +87,7 @@ def test_two_rounds_through_flower_messages(tmp_path, beta):
             reply(m, s, lo, c, i) for i, (m, s, lo, c) in enumerate(zip(msgs, states, losses, counts, strict=True))
         ]
         new, metrics = strategy.aggregate_train(rnd, replies)
+        strategy.wait_saved()  # the round's files are written in the background
         soft = np.exp(-np.array(losses)) / np.exp(-np.array(losses)).sum()
         w = 0.9 * soft + 0.1 * np.array(counts) / 40
         a_t = w[0] * (0 + rnd) + w[1] * (1 + rnd)
@@ -121,6 +122,7 @@ def test_resumed_rounds_are_numbered_on(tmp_path):
     assert msgs[0].content["config"]["server-round"] == 5
     replies = [reply(m, {"backbone.w": np.zeros(2, np.float32)}, 1.0, 5, i) for i, m in enumerate(msgs)]
     new, _ = strategy.aggregate_train(1, replies)
+    strategy.close()
     np.testing.assert_allclose(record_to_numpy(new)["backbone.w"], 0.5)  # beta applies in the first resumed round
     assert [h["round"] for h in strategy.history] == [4, 5] and (tmp_path / "checkpoints" / "round-5.npz").is_file()
 
@@ -156,6 +158,7 @@ def test_checkpoint_retention_keeps_the_newest_and_every_kth(tmp_path):
         replies = [reply(m, {"backbone.w": np.full(2, i, np.float32)}, 1.0, 5, i) for i, m in enumerate(msgs)]
         state, _ = strategy.aggregate_train(1, replies)
         strategy.start_round += 1  # as the next round of one run
+    strategy.close()
     kept = sorted(int(f.stem.split("-")[1]) for f in (tmp_path / "checkpoints").glob("round-*.npz"))
     assert kept == [4, 8, 9]
     assert RunFolder(tmp_path).completed_rounds()[0] == 9
@@ -216,6 +219,7 @@ def test_a_round_sends_and_receives_in_the_transfer_dtype(tmp_path, transfer_sta
         for m, s, mr in zip(msgs, states, metrics, strict=True)
     ]
     new, _ = strategy.aggregate_train(1, replies)
+    strategy.close()
     entry = json.loads((tmp_path / "history.json").read_text())[-1]
     checkpoint = load_npz(tmp_path / "checkpoints" / "round-1.npz")
     w = "backbone.stem.conv.weight"
@@ -257,6 +261,7 @@ def test_history_records_each_clients_update_norm_and_bytes(tmp_path):
     states = [{"backbone.w": w, "backbone.n": np.array(100, np.int64)} for w in moved]
     replies = [reply(m, states[i], 1.0, 5, i) for i, m in enumerate(msgs)]
     strategy.aggregate_train(1, replies)
+    strategy.close()
     entry = json.loads((tmp_path / "history.json").read_text())[-1]
     # |1 - 0| and |2 - 0| over 4 weights; the BatchNorm counter's jump of 96 is left out.
     assert entry["client_update_norm"] == pytest.approx([2.0, 4.0])
@@ -367,3 +372,70 @@ def test_each_round_gives_the_freed_heap_back(tmp_path, monkeypatch):
         strategy.aggregate_train(rnd, [reply(m, g, 1.0, 5, i) for i, m in enumerate(msgs)])
         assert len(calls) == rnd
     assert strategy.history[-1]["server_shm_mb"] >= 0.0
+
+
+def one_round(strategy):
+    g = {"backbone.w": np.zeros((2, 2), np.float32)}
+    msgs = list(strategy.configure_train(1, numpy_to_record(g), ConfigRecord({}), StaticGrid([1, 2, 3])))
+    return strategy.aggregate_train(1, [reply(m, g, 1.0, 5, i) for i, m in enumerate(msgs)])
+
+
+def test_a_rounds_files_are_written_while_the_next_round_runs(tmp_path, monkeypatch):
+    """aggregate_train hands the checkpoint to a writer thread and returns; close waits for it."""
+    import threading
+
+    from fedvssl.run_folder import RunFolder
+
+    returned, seen = threading.Event(), []
+    save = RunFolder.save_checkpoint
+
+    def slow_save(self, server_round, state):
+        seen.append(returned.wait(timeout=30))  # a write in the caller's thread would wait in vain
+        save(self, server_round, state)
+
+    monkeypatch.setattr(RunFolder, "save_checkpoint", slow_save)
+    strategy = FedVSSL(0.0, 0, "backbone", 2, 3, seed=7, out_dir=tmp_path)
+    one_round(strategy)
+    returned.set()
+    strategy.close()
+    assert seen == [True]
+    assert RunFolder(tmp_path).completed_rounds()[0] == 1  # checkpoint and history both on disk
+
+
+def test_a_failed_background_write_stops_the_run(tmp_path, monkeypatch):
+    from fedvssl.run_folder import RunFolder
+
+    def full_disk(self, server_round, state):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(RunFolder, "save_checkpoint", full_disk)
+    going_on = FedVSSL(0.0, 0, "backbone", 2, 3, seed=7, out_dir=tmp_path)
+    one_round(going_on)
+    with pytest.raises(OSError, match="No space left"):
+        one_round(going_on)  # the next round's aggregation waits for the write and raises its error
+    last = FedVSSL(0.0, 0, "backbone", 2, 3, seed=7, out_dir=tmp_path)
+    one_round(last)
+    with pytest.raises(OSError, match="No space left"):
+        last.close()  # the ServerApp's end waits for the last round's write
+    assert not (tmp_path / "history.json").exists()  # a round counts only once its checkpoint is written
+
+
+def test_the_freed_heap_is_given_back_once_it_passes_the_slack(monkeypatch):
+    from fedvssl.federated import strategy as strategy_module
+
+    own, trims = [1000.0], []
+
+    class Libc:
+        def malloc_trim(self, pad):
+            trims.append(pad)
+            own[0] = 1000.0  # the freed heap is back with the OS
+
+    monkeypatch.setattr(strategy_module.ctypes, "CDLL", lambda name: Libc())
+    monkeypatch.setattr(strategy_module, "rss_mb", lambda: own[0])
+    monkeypatch.setattr(strategy_module, "object_store_mb", lambda: 0.0)
+    monkeypatch.setattr(strategy_module, "_kept_from", None)
+    assert strategy_module.release_heap(slack_mb=100) and len(trims) == 1  # the first call sets the baseline
+    own[0] = 1090.0
+    assert not strategy_module.release_heap(slack_mb=100) and len(trims) == 1  # within the slack: pages kept
+    own[0] = 1150.0
+    assert strategy_module.release_heap(slack_mb=100) and len(trims) == 2 and own[0] == 1000.0

@@ -35,3 +35,24 @@ def test_bf16_record_halves_the_bytes_and_rounds_like_torch(backbone_state):
 def test_unknown_transfer_dtype_is_refused(tmp_path):
     with pytest.raises(ValueError, match="strategy.transfer_dtype='float16' must be one of float32, bfloat16"):
         FedVSSL(0.9, 1, "backbone", 2, 3, seed=7, out_dir=tmp_path, transfer_dtype="float16")
+
+
+@pytest.mark.parametrize(
+    "v",
+    [
+        np.arange(24, dtype=np.float32).reshape(2, 3, 4),
+        np.array(7, np.int64),
+        np.asfortranarray(np.arange(6, dtype=np.float64).reshape(2, 3)),
+        np.arange(10, dtype=np.float32)[::3],
+        np.zeros((0, 5), np.float32),
+    ],
+)
+def test_records_hold_exactly_what_flowers_own_arrays_hold(v):
+    """The one-copy .npy bytes equal Flower's Array(ndarray) (np.save): any Flower reader decodes them."""
+    from flwr.app import Array
+
+    ours, flowers = numpy_to_record({"t": v})["t"], Array(np.require(v, requirements="C"))
+    assert ours.data == flowers.data
+    assert (ours.dtype, tuple(ours.shape), ours.stype) == (flowers.dtype, tuple(flowers.shape), flowers.stype)
+    np.testing.assert_array_equal(ours.numpy(), v)
+    np.testing.assert_array_equal(LazyArrays(numpy_to_record({"t": v}))["t"], v)

@@ -9,7 +9,7 @@ from flwr.clientapp import ClientApp
 from omegaconf import OmegaConf
 
 from fedvssl.config import CONFIG_KEY, build_method, from_yaml
-from fedvssl.federated.records import numpy_to_record, record_to_numpy
+from fedvssl.federated.records import LazyArrays, numpy_to_record
 from fedvssl.federated.strategy import object_store_mb, release_heap
 from fedvssl.federated.training import local_train
 from fedvssl.settings import client_settings
@@ -50,16 +50,17 @@ def train(msg: Message, context: Context) -> Message:
     cfg = node_config(from_yaml(str(config[CONFIG_KEY])), context)
     partition_id = int(context.node_config["partition-id"])
     arrays: ArrayRecord = msg.content["arrays"]
+    # A view on the message's bytes: each tensor is copied once, straight into the model.
     shared, metrics = local_train(
-        client_settings(cfg), build_method(cfg), partition_id, int(config["server-round"]), record_to_numpy(arrays)
+        client_settings(cfg), build_method(cfg), partition_id, int(config["server-round"]), LazyArrays(arrays)
     )
     metrics["partition-id"] = partition_id
     # Where the client ran: the GPU Ray gave its process, and the process (one actor serves several clients).
     metrics["gpu"] = visible_gpu()
     metrics["pid"] = os.getpid()
     # The model, the batches and the decoded global arrays of this participation are freed:
-    # give them back, so that the process serving clients does not keep its peak (see
-    # release_heap). The object store's pages in its RSS are counted apart.
+    # once they pass a bound, give them back, so that the process serving clients does not
+    # keep its peak (see release_heap). The object store's pages in its RSS are counted apart.
     release_heap()
     metrics["shm-mb"] = object_store_mb()
     # The reply travels in the dtype the server sent (strategy.transfer_dtype); the model trained in float32.

@@ -20,6 +20,7 @@ import random
 import re
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from typing import Protocol
 
@@ -35,19 +36,36 @@ from fedvssl.processes import rss_mb
 from fedvssl.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
+_NORM_CHUNK = 1 << 16  # elements per step of update_norm (256 KiB of float32)
 
 
-def release_heap() -> None:
-    """Give the freed heap back to the OS (glibc's ``malloc_trim``; elsewhere nothing).
+# Freed heap a process may keep before release_heap gives it back (MiB): large enough
+# that most rounds reuse their pages instead of faulting them in again, small beside a
+# model-sized round (a client's peak is about 1.6 GiB at the paper's backbone).
+HEAP_SLACK_MB = 256.0
+_kept_from: float | None = None  # this process's own memory right after its last trim
+
+
+def release_heap(slack_mb: float = HEAP_SLACK_MB) -> bool:
+    """Give the freed heap back to the OS once it exceeds ``slack_mb`` (glibc's ``malloc_trim``).
 
     Every round frees several model-sized blocks (the replies, the aggregate, the
     serialized messages), which glibc keeps in its heaps and arenas instead of returning
-    them; the server process then swung by 300 MiB between rounds and crept up by
-    4.5 MiB a round (``benchmarks/runtime_memory.py``). Trimming once per round costs
-    milliseconds and keeps it flat.
+    them; untrimmed, the server crept up by 18 MiB a round and a client process by 5
+    (``benchmarks/rehearsal.py``). Trimming every round kept both flat but cost about
+    0.7 s a round in the rehearsal, as each round then faulted its pages in anew. So the
+    trim runs when the process's own memory (RSS less Ray's object-store pages) has grown
+    ``slack_mb`` past what it was after the last trim: memory stays within that bound
+    over any number of rounds. Returns whether it trimmed; elsewhere than glibc, nothing.
     """
+    global _kept_from
+    own = rss_mb() - object_store_mb()
+    if _kept_from is not None and own - _kept_from < slack_mb:
+        return False
     with suppress(OSError, AttributeError):  # not glibc (macOS, musl): no such function
         ctypes.CDLL(None).malloc_trim(0)
+    _kept_from = rss_mb() - object_store_mb()
+    return True
 
 
 def object_store_mb() -> float:
@@ -96,16 +114,21 @@ def short_reason(reason: str) -> str:
 
 
 def update_norm(state: Mapping[str, np.ndarray], previous: Mapping[str, np.ndarray]) -> float:
-    """The L2 norm of ``state - previous`` over the floating-point tensors, in float64.
+    """The L2 norm of ``state - previous`` over the floating-point tensors.
 
     The integer BatchNorm counters are left out: they grow by the number of local steps
-    every round and would outweigh the change of the weights.
+    every round and would outweigh the change of the weights. Differences and dot
+    products run in the tensors' dtype over cache-sized chunks, and the chunks' sums add
+    up in float64: 10x faster than float64 throughout (a round computes six norms of 33 M
+    weights), and within a relative 1e-6 of it, plenty for a metric.
     """
     total = 0.0
     for key, before in previous.items():
         if np.issubdtype(before.dtype, np.floating):
-            diff = (np.asarray(state[key], dtype=np.float64) - before).ravel()
-            total += float(diff @ diff)
+            a, b = np.asarray(state[key]).reshape(-1), np.asarray(before).reshape(-1)
+            for start in range(0, a.size, _NORM_CHUNK):
+                d = a[start : start + _NORM_CHUNK] - b[start : start + _NORM_CHUNK]
+                total += float(np.dot(d, d))
     return float(np.sqrt(total))
 
 
@@ -191,7 +214,11 @@ class FedVSSL(FedAvg):
         # Checkpoint retention (checkpoints.keep_last / keep_every; keep_last=0 keeps every round).
         self.keep_last, self.keep_every = keep_last, keep_every
         self.history: list[dict] = list(history or [])
-        self._previous: dict[str, np.ndarray] | None = None
+        # A round's files are written on one background thread while the next round trains
+        # (0.2-0.4 s a round for a 133 MB checkpoint with its fsync); see save_round.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="fedvssl-save") if self.run else None
+        self._saving: Future | None = None
+        self._previous: Mapping[str, np.ndarray] | None = None
         self._round: dict = {}
         self._partitions: dict[int, int] = {}  # node id -> partition id
         # A progress bar over all rounds (0: none, as in CI and non-interactive runs).
@@ -199,11 +226,45 @@ class FedVSSL(FedAvg):
         self.monitor, self.logger = monitor, logger
 
     def close(self) -> None:
-        """Flush and close the logger and the progress bar (the ServerApp calls this when the rounds end)."""
-        if self.logger is not None:
-            self.logger.close()
-        if self._bar is not None:
-            self._bar.close()
+        """Finish the last round's files, close the logger and the progress bar (the ServerApp calls this at the end).
+
+        A write that failed in the background raises here.
+        """
+        try:
+            self.wait_saved()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown()
+            if self.logger is not None:
+                self.logger.close()
+            if self._bar is not None:
+                self._bar.close()
+
+    def save_round(self, server_round: int, aggregate: Mapping[str, np.ndarray]) -> None:
+        """Write the round's checkpoint, then the history that lists it, then apply retention, in the background.
+
+        The order is what ``resume`` relies on (a round counts once both files exist), and
+        every write is atomic, so a run killed mid-write resumes from the round before.
+        The history is written from a copy of its list; an entry is changed later only
+        after :meth:`wait_saved` (the monitor's scores), so the thread never reads a dict
+        that is being changed.
+        """
+        self.wait_saved()
+        history = list(self.history)
+
+        def write() -> None:
+            self.run.save_checkpoint(server_round, aggregate)
+            self.run.write_history(history)
+            if self.keep_last:
+                self.run.prune_checkpoints(self.keep_last, self.keep_every)
+
+        self._saving = self._writer.submit(write)
+
+    def wait_saved(self) -> None:
+        """Block until the last round's files are on disk; a failed write (disk full) raises here."""
+        saving, self._saving = self._saving, None
+        if saving is not None:
+            saving.result()
 
     # FedVSSL's two decisions, as hooks: a new client weighting or server step is a
     # subclass that overrides one of them, plus a conf/strategy/<name>.yaml.
@@ -252,13 +313,19 @@ class FedVSSL(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         server_round += self.start_round
-        self._previous = record_to_numpy(arrays)  # G_{t-1}, needed by the beta step
+        # G_{t-1}, needed by the beta step and the update norms: a view on the record's bytes
+        # (float32 on the server), not a 133 MB copy.
+        self._previous = LazyArrays(arrays)
         nodes = self.sample(grid, server_round)
         config["server-round"] = server_round
         config["transfer-dtype"] = self.transfer_dtype  # the clients reply in the same dtype
         if self.transfer_dtype != "float32":
             arrays = numpy_to_record(self._previous, self.transfer_dtype)
-        self._round = {"start": time.perf_counter(), "bytes_sent": arrays.count_bytes() * len(nodes)}
+        self._round = {
+            "start": time.perf_counter(),
+            "started_at": time.time(),
+            "bytes_sent": arrays.count_bytes() * len(nodes),
+        }
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         # Kept so that aggregate_train can name the nodes that did not reply (the grid sets their ids).
         self._round["sent"] = [Message(content=record, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
@@ -295,6 +362,7 @@ class FedVSSL(FedAvg):
         for f in failures:
             log.warning("round %d: client %d failed: %s", server_round, f["partition_id"], f["reason"])
         if len(valid) < self.min_replies:
+            self.wait_saved()  # the rounds before stay resumable
             first = failures[0]["reason"] if failures else "none"
             message = (
                 f"round {server_round}: {len(valid)} of {len(valid) + len(failures)} clients replied, fewer than "
@@ -329,6 +397,9 @@ class FedVSSL(FedAvg):
             "client_bytes_received": [a.count_bytes() for a in arrays],
             "client_update_norm": [update_norm(LazyArrays(a), self._previous) for a in arrays],
             "time_s": time.perf_counter() - self._round.get("start", time.perf_counter()),
+            # Wall clock at the round's start: the gaps between rounds (checkpoint, history,
+            # monitor, Flower's loop) show as the difference of consecutive starts less time_s.
+            "started_at": self._round.get("started_at", time.time()),
             "server_rss_mb": rss_mb(),
             "server_shm_mb": object_store_mb(),
         }
@@ -341,10 +412,7 @@ class FedVSSL(FedAvg):
         )
         self.history.append(entry)
         if self.run is not None:
-            self.run.save_checkpoint(server_round, aggregate)
-            self.run.write_history(self.history)
-            if self.keep_last:
-                self.run.prune_checkpoints(self.keep_last, self.keep_every)
+            self.save_round(server_round, aggregate)
         if self.logger is not None:
             self.logger.log_round(entry)
         mean_loss = float(np.dot(weights, losses))
@@ -361,7 +429,7 @@ class FedVSSL(FedAvg):
             self._bar.set_postfix(loss=f"{mean_loss:.3f}")
             self._bar.update(1)
         # What was freed since the last round (the previous round's replies and messages,
-        # this round's temporaries) goes back to the OS; see release_heap.
+        # this round's temporaries) goes back to the OS once it passes a bound; see release_heap.
         release_heap()
         return numpy_to_record(aggregate), MetricRecord({"train-loss": mean_loss})
 
@@ -381,6 +449,7 @@ class FedVSSL(FedAvg):
         entry = next((e for e in reversed(self.history) if e.get("round") == server_round), None)
         if entry is None or "monitor" in entry:
             return None
+        self.wait_saved()  # the entry gets the scores below: not while the writer reads it
         start = time.perf_counter()
         try:
             results = self.monitor(record_to_numpy(arrays))

@@ -55,7 +55,9 @@ def load_shared(model: torch.nn.Module, arrays: Mapping[str, np.ndarray], keys: 
     for k, v in arrays.items():
         if tuple(v.shape) != tuple(sd[k].shape):
             raise ValueError(f"global model entry {k} has shape {tuple(v.shape)}, expected {tuple(sd[k].shape)}")
-        sd[k].copy_(torch.from_numpy(np.asarray(v)))
+        # Copied by NumPy into the tensor's memory (the model is still on the CPU): ``v`` may be
+        # a read-only view on a message's bytes, which torch.from_numpy would refuse to wrap.
+        np.copyto(sd[k].numpy(), np.asarray(v), casting="same_kind")
 
 
 def inject_fault(rate: float, seed: int, partition_id: int, server_round: int) -> None:
