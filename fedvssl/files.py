@@ -51,9 +51,13 @@ def save_npz(path: str | Path, state: Mapping[str, np.ndarray]) -> None:
     _atomic(Path(path), lambda f: np.savez(f, **{k: np.asarray(v) for k, v in state.items()}))
 
 
-def npy_header(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+def npy_header(data: bytes | np.ndarray) -> tuple[tuple[int, ...], bool, np.dtype, int]:
     """Shape, Fortran order, dtype and data offset of the ``.npy`` bytes ``data`` (format 1.0 or 2.0)."""
-    f = io.BytesIO(data)
+    view = memoryview(data).cast("B")
+    # Only the header is parsed: a BytesIO over a whole array-backed buffer would copy it.
+    # Magic (6 bytes), version (2), then the header length in 2 (1.0) or 4 bytes (2.0+).
+    size = 10 + int.from_bytes(view[8:10], "little") if view[6] == 1 else 12 + int.from_bytes(view[8:12], "little")
+    f = io.BytesIO(bytes(view[:size]))
     version = np.lib.format.read_magic(f)
     read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, fortran, dtype = read(f)

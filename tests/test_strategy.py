@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.superlink.grid import InMemoryGrid
 from helpers import assert_within_bf16_rounding, r3d_backbone_state
 
-from fedvssl.federated.records import numpy_to_record, record_to_numpy
+from fedvssl.federated.records import is_in_memory, numpy_to_record, record_to_numpy
 from fedvssl.federated.strategy import FedVSSL
 from fedvssl.files import load_npz
 
@@ -235,6 +236,45 @@ def test_a_round_sends_and_receives_in_the_transfer_dtype(tmp_path, transfer_sta
     else:
         assert all(0.5 <= n / full < 0.501 for n in return_sizes)
         assert not np.allclose(checkpoint[w], 1.5 * transfer_state[w], rtol=1e-6, atol=0)
+
+
+class InProcessGrid(StaticGrid, InMemoryGrid):
+    """A StaticGrid that is, to the strategy, the grid of Flower's in-process simulation."""
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_in_process_simulation_gets_numpy_backed_records_and_grpc_gets_bytes(tmp_path, transfer_state, dtype):
+    """Records pass Ray's object store without a pickled copy in the simulation; gRPC takes bytes only."""
+    for grid, in_memory in ((InProcessGrid([1, 2, 3]), True), (StaticGrid([1, 2, 3]), False)):
+        strategy = FedVSSL(0.9, 1, "backbone", 2, 3, seed=7, out_dir=tmp_path / str(in_memory), transfer_dtype=dtype)
+        msgs = list(strategy.configure_train(1, numpy_to_record(transfer_state), ConfigRecord({}), grid))
+        assert all(is_in_memory(m.content["arrays"]) == in_memory for m in msgs)
+        assert all(isinstance(a.data, bytes) != in_memory for a in msgs[0].content["arrays"].values())
+        got = record_to_numpy(msgs[0].content["arrays"])
+        assert_within_bf16_rounding(got, transfer_state)
+        # Clients reply in kind (client_app): here one of each, which the server takes alike.
+        replies = [
+            Message(
+                content=RecordDict(
+                    {
+                        "arrays": numpy_to_record(got, dtype, in_memory=(i == 0)),
+                        "metrics": MetricRecord({"train-loss": 1.0, "num-examples": 10, "partition-id": i}),
+                    }
+                ),
+                reply_to=m,
+            )
+            for i, m in enumerate(msgs)
+        ]
+        new, _ = strategy.aggregate_train(1, replies)
+        assert is_in_memory(new) == in_memory
+        np.testing.assert_array_equal(
+            record_to_numpy(new)["backbone.stem.conv.weight"], got["backbone.stem.conv.weight"]
+        )
+        # The next round's messages carry the aggregate as it is: no second conversion.
+        again = list(strategy.configure_train(2, new, ConfigRecord({}), grid))
+        strategy.close()
+        if dtype == "float32":
+            assert again[0].content["arrays"] is new
 
 
 def test_clients_are_told_the_transfer_dtype_with_each_message(tmp_path, transfer_state):

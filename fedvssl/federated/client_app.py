@@ -9,7 +9,7 @@ from flwr.clientapp import ClientApp
 from omegaconf import OmegaConf
 
 from fedvssl.config import CONFIG_KEY, build_method, from_yaml
-from fedvssl.federated.records import LazyArrays, numpy_to_record
+from fedvssl.federated.records import LazyArrays, is_in_memory, numpy_to_record
 from fedvssl.federated.strategy import object_store_mb, release_heap
 from fedvssl.federated.training import local_train
 from fedvssl.settings import client_settings
@@ -64,7 +64,8 @@ def train(msg: Message, context: Context) -> Message:
     release_heap()
     metrics["shm-mb"] = object_store_mb()
     # The reply travels in the dtype the server sent (strategy.transfer_dtype); the model trained in float32.
-    reply = numpy_to_record(shared, str(config.get("transfer-dtype", "float32")))
+    # NumPy-backed if the server's was: then it passes Ray's object store without a pickled copy (records.py).
+    reply = numpy_to_record(shared, str(config.get("transfer-dtype", "float32")), is_in_memory(arrays))
     content = RecordDict({"arrays": reply, "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 

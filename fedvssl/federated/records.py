@@ -5,6 +5,13 @@ bytes. NumPy has no bfloat16, so such a tensor travels as the uint16 bit pattern
 its bfloat16 values (rounded to nearest even), in an Array whose ``dtype`` says
 ``bfloat16``; every reader here expands it back to float32 exactly. Other tensors
 (the int64 BatchNorm counters) travel unchanged.
+
+A tensor's ``.npy`` bytes are a ``bytes`` object, which every transport takes. In Flower's
+in-process simulation, where messages reach the client actors through Ray, they can be a
+uint8 NumPy array instead (``in_memory=True``): Ray passes NumPy buffers out of band, one
+copy into its object store and none out of it, where it pickles ``bytes`` into the
+message and copies them out again (133 MB each way, per client and round). A reader
+here takes both.
 """
 
 from __future__ import annotations
@@ -72,28 +79,55 @@ class LazyArrays(Mapping):
         return len(self.record)
 
 
-def npy_bytes(v: np.ndarray) -> bytes:
+def npy_bytes(v: np.ndarray, in_memory: bool = False) -> bytes | np.ndarray:
     """``np.save``'s bytes of a C-contiguous array, copied once (``np.save`` into a BytesIO copies twice).
 
     Every round turns six backbones (133 MB each) into records: the clients' replies and the
-    new global model.
+    new global model. ``in_memory``: the same bytes in a uint8 array (see the module's doc).
     """
     head = io.BytesIO()
     np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(v))
-    return b"".join((head.getvalue(), v.reshape(-1).view(np.uint8).data))
+    head, body = head.getvalue(), v.reshape(-1).view(np.uint8)
+    if not in_memory:
+        return b"".join((head, body.data))
+    out = np.empty(len(head) + body.size, np.uint8)
+    out[: len(head)] = np.frombuffer(head, np.uint8)
+    out[len(head) :] = body
+    return out
 
 
-def _array(v: np.ndarray, transfer_dtype: str) -> Array:
+def _array(v: np.ndarray, transfer_dtype: str, in_memory: bool) -> Array:
     v = np.require(v, requirements="C")
+    dtype = str(v.dtype)
     if transfer_dtype == BF16 and v.dtype == np.float32:
-        return Array(dtype=BF16, shape=tuple(v.shape), stype="numpy.ndarray", data=npy_bytes(to_bf16_bits(v)))
-    if v.dtype.hasobject:
+        v, dtype = to_bf16_bits(v), BF16
+    elif v.dtype.hasobject:
         raise ValueError("a tensor of Python objects cannot travel")
-    return Array(dtype=str(v.dtype), shape=tuple(v.shape), stype="numpy.ndarray", data=npy_bytes(v))
+    data = npy_bytes(v, in_memory)
+    if not in_memory:
+        return Array(dtype=dtype, shape=tuple(v.shape), stype="numpy.ndarray", data=data)
+    # Array's constructor takes bytes only; the field itself is read as a buffer everywhere.
+    array = Array(dtype=dtype, shape=tuple(v.shape), stype="numpy.ndarray", data=b"")
+    array.data = data
+    return array
 
 
-def numpy_to_record(state: Mapping[str, np.ndarray], transfer_dtype: str = "float32") -> ArrayRecord:
-    """The tensors as an ArrayRecord; float32 ones in bfloat16 if ``transfer_dtype`` says so."""
+def numpy_to_record(
+    state: Mapping[str, np.ndarray], transfer_dtype: str = "float32", in_memory: bool = False
+) -> ArrayRecord:
+    """The tensors as an ArrayRecord; float32 ones in bfloat16 if ``transfer_dtype`` says so.
+
+    ``in_memory=True`` only where the record never leaves Flower's in-process simulation:
+    a gRPC transport takes ``bytes`` only.
+    """
     if transfer_dtype not in TRANSFER_DTYPES:
         raise ValueError(f"strategy.transfer_dtype={transfer_dtype!r} must be one of {', '.join(TRANSFER_DTYPES)}")
-    return ArrayRecord({k: _array(v, transfer_dtype) for k, v in state.items()})
+    record = ArrayRecord()
+    for k, v in state.items():  # set one by one: ArrayRecord(dict) rebuilds each Array, from bytes only
+        record[k] = _array(v, transfer_dtype, in_memory)
+    return record
+
+
+def is_in_memory(record: ArrayRecord) -> bool:
+    """Whether the record's tensors are NumPy-backed (built with ``in_memory=True``)."""
+    return any(isinstance(v.data, np.ndarray) for v in record.values())

@@ -28,10 +28,11 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.superlink.grid import InMemoryGrid
 from tqdm import tqdm
 
 from fedvssl.federated.aggregation import beta_step, client_weights, weighted_average
-from fedvssl.federated.records import TRANSFER_DTYPES, LazyArrays, numpy_to_record, record_to_numpy
+from fedvssl.federated.records import TRANSFER_DTYPES, LazyArrays, is_in_memory, numpy_to_record, record_to_numpy
 from fedvssl.processes import rss_mb
 from fedvssl.run_folder import RunFolder
 
@@ -219,6 +220,7 @@ class FedVSSL(FedAvg):
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="fedvssl-save") if self.run else None
         self._saving: Future | None = None
         self._previous: Mapping[str, np.ndarray] | None = None
+        self._in_memory = False  # NumPy-backed records: set per round by configure_train
         self._round: dict = {}
         self._partitions: dict[int, int] = {}  # node id -> partition id
         # A progress bar over all rounds (0: none, as in CI and non-interactive runs).
@@ -319,8 +321,12 @@ class FedVSSL(FedAvg):
         nodes = self.sample(grid, server_round)
         config["server-round"] = server_round
         config["transfer-dtype"] = self.transfer_dtype  # the clients reply in the same dtype
-        if self.transfer_dtype != "float32":
-            arrays = numpy_to_record(self._previous, self.transfer_dtype)
+        # In Flower's in-process simulation the messages reach the clients through Ray only:
+        # NumPy-backed records pass its object store without a pickled copy (see records.py),
+        # and the clients reply in kind.
+        self._in_memory = isinstance(grid, InMemoryGrid)
+        if self.transfer_dtype != "float32" or self._in_memory != is_in_memory(arrays):
+            arrays = numpy_to_record(self._previous, self.transfer_dtype, self._in_memory)
         self._round = {
             "start": time.perf_counter(),
             "started_at": time.time(),
@@ -431,7 +437,7 @@ class FedVSSL(FedAvg):
         # What was freed since the last round (the previous round's replies and messages,
         # this round's temporaries) goes back to the OS once it passes a bound; see release_heap.
         release_heap()
-        return numpy_to_record(aggregate), MetricRecord({"train-loss": mean_loss})
+        return numpy_to_record(aggregate, in_memory=self._in_memory), MetricRecord({"train-loss": mean_loss})
 
     def evaluate_global(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Flower's server-side ``evaluate_fn``: the monitor's scores after every ``monitor.every``-th round.
