@@ -417,6 +417,11 @@ class FedVSSL(FedAvg):
             }
         )
         self.history.append(entry)
+        # Flower's loop holds this round's replies until the next round's have come back: let
+        # go of their tensors now, so that neither the heap nor (in the simulation) Ray's object
+        # store keeps two rounds of replies.
+        for a in arrays:
+            a.clear()
         if self.run is not None:
             self.save_round(server_round, aggregate)
         if self.logger is not None:
