@@ -184,7 +184,10 @@ def test_broken_data_is_skipped_and_reported(tmp_path, flower_env, broken_world)
 
 
 def test_published_partition_trains_only_on_usable_videos(tmp_path, flower_env, world):
-    """A listed video that is missing is not trained on, and n_k counts only real videos."""
+    """A listed video that is missing is not trained on, and n_k counts only real videos.
+
+    The run also takes bfloat16 transfer through Ray end to end: the clients reply with their
+    updates, which the server adds to its float32 model."""
     from fedvssl.data import partitions as P
     from fedvssl.data.kinetics import read_kinetics_csv
 
@@ -195,11 +198,18 @@ def test_published_partition_trains_only_on_usable_videos(tmp_path, flower_env, 
     P.write_partition(clients, [c.replace(" ", "_") for c in classes], tmp_path / "parts", {})
     run = tmp_path / "run"
     args = [*TINY, "num_rounds=1", "finetune=ucf101", "partition=published", f"partition.dir={tmp_path / 'parts'}"]
-    proc = run_main([*args, "partition.num_clients=2", f"dataset.root={world}", f"hydra.run.dir={run}"], flower_env)
+    args += ["partition.num_clients=2", "strategy.transfer_dtype=bfloat16"]
+    proc = run_main([*args, f"dataset.root={world}", f"hydra.run.dir={run}"], flower_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = json.loads((run / "history.json").read_text())[0]
     by_client = dict(zip(history["partition_ids"], history["num_examples"], strict=True))
     assert by_client == {0: len(clients[0]) - 1, 1: len(clients[1])}
+    assert 120e6 < history["bytes_received"] < 140e6  # two R3D-18 backbones in bfloat16: 66.5 MB each
+    g1 = load_npz(run / "checkpoints" / "round-1.npz")
+    weights = math.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in g1.values() if v.dtype == np.float32))
+    # One round moves the model (BatchNorm statistics most) by about a quarter of its norm; replies
+    # taken for weights instead of updates would move it by its whole norm.
+    assert 0 < history["update_norm"] < 0.5 * weights
     [missing] = [u for u in json.loads((run / "unusable_videos.json").read_text()) if u["dataset"] == "pretraining"]
     assert missing["reason"] == "missing" and missing["name"].endswith("notdownloaded_000001_000011")
 

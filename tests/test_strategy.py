@@ -8,7 +8,7 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.superlink.grid import InMemoryGrid
 from helpers import assert_within_bf16_rounding, r3d_backbone_state
 
-from fedvssl.federated.records import is_in_memory, numpy_to_record, record_to_numpy
+from fedvssl.federated.records import is_in_memory, numpy_to_record, record_to_numpy, reply_record
 from fedvssl.federated.strategy import FedVSSL
 from fedvssl.files import load_npz
 
@@ -216,8 +216,8 @@ def test_a_round_sends_and_receives_in_the_transfer_dtype(tmp_path, transfer_sta
     states = [{k: (v * (1 + i) if v.dtype == np.float32 else v) for k, v in r.items()} for i, r in enumerate(received)]
     metrics = [MetricRecord({"train-loss": 1.0, "num-examples": 10, "partition-id": i}) for i in range(2)]
     replies = [
-        Message(content=RecordDict({"arrays": numpy_to_record(s, dtype), "metrics": mr}), reply_to=m)
-        for m, s, mr in zip(msgs, states, metrics, strict=True)
+        Message(content=RecordDict({"arrays": reply_record(s, r, dtype, False), "metrics": mr}), reply_to=m)
+        for m, s, r, mr in zip(msgs, states, received, metrics, strict=True)
     ]
     new, _ = strategy.aggregate_train(1, replies)
     strategy.close()
@@ -238,6 +238,49 @@ def test_a_round_sends_and_receives_in_the_transfer_dtype(tmp_path, transfer_sta
         assert not np.allclose(checkpoint[w], 1.5 * transfer_state[w], rtol=1e-6, atol=0)
 
 
+def test_bf16_replies_are_updates_added_to_the_float32_global_model(tmp_path, transfer_state):
+    """With bfloat16 transfer, rounding costs 2^-9 of the clients' updates, not of the weights.
+
+    Clients start from the global model G as they receive it and move it by small updates
+    u_k. The float32 transfer aggregates G + mean(u_k); the bfloat16 one must land within
+    the rounding of the updates of that, far closer than bfloat16's rounding of G itself.
+    """
+    import torch
+
+    rng = np.random.default_rng(0)
+    floats = [k for k, v in transfer_state.items() if v.dtype == np.float32 and v.size > 1000]
+    updates = [
+        {
+            k: (1e-3 * transfer_state[k].std() * rng.standard_normal(transfer_state[k].shape)).astype(np.float32)
+            for k in floats
+        }
+        for _ in range(2)
+    ]
+    aggregates = {}
+    for dtype in ("float32", "bfloat16"):
+        strategy = FedVSSL(0.0, 0, "backbone", 2, 3, seed=7, out_dir=tmp_path / dtype, transfer_dtype=dtype)
+        msgs = list(
+            strategy.configure_train(1, numpy_to_record(transfer_state), ConfigRecord({}), StaticGrid([1, 2, 3]))
+        )
+        replies = []
+        for i, (m, u) in enumerate(zip(msgs, updates, strict=True)):
+            got = record_to_numpy(m.content["arrays"])  # in bfloat16: G rounded
+            trained = {k: got[k] + u[k] if k in u else got[k] for k in got}
+            mr = MetricRecord({"train-loss": 1.0, "num-examples": 10, "partition-id": i})
+            arrays = reply_record(trained, got, dtype, False)
+            replies.append(Message(content=RecordDict({"arrays": arrays, "metrics": mr}), reply_to=m))
+        aggregates[dtype] = record_to_numpy(strategy.aggregate_train(1, replies)[0])
+        strategy.close()
+    for k in floats:
+        g, fp32, bf16 = transfer_state[k], aggregates["float32"][k], aggregates["bfloat16"][k]
+        np.testing.assert_allclose(fp32, g + (updates[0][k] + updates[1][k]) / 2, rtol=1e-6, atol=1e-9)
+        error = np.abs(bf16 - fp32).max()
+        # Rounding to 8 significant bits moves an update by at most 2^-8 of it; float32 sums add their own.
+        assert error <= 2**-8 * max(np.abs(u[k]).max() for u in updates) + 2e-7 * np.abs(g).max(), k
+        weight_rounding = np.abs(torch.from_numpy(g).bfloat16().float().numpy() - g).max()
+        assert error < 0.05 * weight_rounding, k
+
+
 class InProcessGrid(StaticGrid, InMemoryGrid):
     """A StaticGrid that is, to the strategy, the grid of Flower's in-process simulation."""
 
@@ -253,11 +296,12 @@ def test_in_process_simulation_gets_numpy_backed_records_and_grpc_gets_bytes(tmp
         got = record_to_numpy(msgs[0].content["arrays"])
         assert_within_bf16_rounding(got, transfer_state)
         # Clients reply in kind (client_app): here one of each, which the server takes alike.
+        # They send back what they got: in bfloat16, a zero update.
         replies = [
             Message(
                 content=RecordDict(
                     {
-                        "arrays": numpy_to_record(got, dtype, in_memory=(i == 0)),
+                        "arrays": reply_record(got, got, dtype, in_memory=(i == 0)),
                         "metrics": MetricRecord({"train-loss": 1.0, "num-examples": 10, "partition-id": i}),
                     }
                 ),
@@ -269,9 +313,8 @@ def test_in_process_simulation_gets_numpy_backed_records_and_grpc_gets_bytes(tmp
         assert is_in_memory(new) == in_memory
         # Flower keeps the replies through the next round; their tensors are let go of once aggregated.
         assert all(len(r.content["arrays"]) == 0 for r in replies)
-        np.testing.assert_array_equal(
-            record_to_numpy(new)["backbone.stem.conv.weight"], got["backbone.stem.conv.weight"]
-        )
+        w = "backbone.stem.conv.weight"
+        np.testing.assert_array_equal(record_to_numpy(new)[w], transfer_state[w])  # G plus nothing
         # The next round's messages carry the aggregate as it is: no second conversion.
         again = list(strategy.configure_train(2, new, ConfigRecord({}), grid))
         strategy.close()

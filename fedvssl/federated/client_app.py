@@ -9,7 +9,7 @@ from flwr.clientapp import ClientApp
 from omegaconf import OmegaConf
 
 from fedvssl.config import CONFIG_KEY, build_method, from_yaml
-from fedvssl.federated.records import LazyArrays, is_in_memory, numpy_to_record
+from fedvssl.federated.records import LazyArrays, is_in_memory, reply_record
 from fedvssl.federated.strategy import object_store_mb, release_heap
 from fedvssl.federated.training import local_train
 from fedvssl.settings import client_settings
@@ -51,8 +51,9 @@ def train(msg: Message, context: Context) -> Message:
     partition_id = int(context.node_config["partition-id"])
     arrays: ArrayRecord = msg.content["arrays"]
     # A view on the message's bytes: each tensor is copied once, straight into the model.
+    received = LazyArrays(arrays)
     shared, metrics = local_train(
-        client_settings(cfg), build_method(cfg), partition_id, int(config["server-round"]), LazyArrays(arrays)
+        client_settings(cfg), build_method(cfg), partition_id, int(config["server-round"]), received
     )
     metrics["partition-id"] = partition_id
     # Where the client ran: the GPU Ray gave its process, and the process (one actor serves several clients).
@@ -63,9 +64,10 @@ def train(msg: Message, context: Context) -> Message:
     # keep its peak (see release_heap). The object store's pages in its RSS are counted apart.
     release_heap()
     metrics["shm-mb"] = object_store_mb()
-    # The reply travels in the dtype the server sent (strategy.transfer_dtype); the model trained in float32.
-    # NumPy-backed if the server's was: then it passes Ray's object store without a pickled copy (records.py).
-    reply = numpy_to_record(shared, str(config.get("transfer-dtype", "float32")), is_in_memory(arrays))
+    # The reply travels in the dtype the server sent (strategy.transfer_dtype; in bfloat16 as the
+    # update); the model trained in float32. NumPy-backed if the server's record was: then it
+    # passes Ray's object store without a pickled copy (records.py).
+    reply = reply_record(shared, received, str(config.get("transfer-dtype", "float32")), is_in_memory(arrays))
     content = RecordDict({"arrays": reply, "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 

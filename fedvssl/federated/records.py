@@ -6,6 +6,11 @@ its bfloat16 values (rounded to nearest even), in an Array whose ``dtype`` says
 ``bfloat16``; every reader here expands it back to float32 exactly. Other tensors
 (the int64 BatchNorm counters) travel unchanged.
 
+In bfloat16 a client replies with its update (trained minus received weights), not its
+weights, and the server adds the update to its own float32 global model
+(``reply_record``, ``client_models``). Rounding then costs 2^-9 of an update, not 2^-9
+of each weight, and the global model keeps float32 precision from round to round.
+
 A tensor's ``.npy`` bytes are a ``bytes`` object, which every transport takes. In Flower's
 in-process simulation, where messages reach the client actors through Ray, they can be a
 uint8 NumPy array instead (``in_memory=True``): Ray passes NumPy buffers out of band, one
@@ -131,3 +136,38 @@ def numpy_to_record(
 def is_in_memory(record: ArrayRecord) -> bool:
     """Whether the record's tensors are NumPy-backed (built with ``in_memory=True``)."""
     return any(isinstance(v.data, np.ndarray) for v in record.values())
+
+
+def reply_record(
+    trained: Mapping[str, np.ndarray], received: Mapping[str, np.ndarray], transfer_dtype: str, in_memory: bool
+) -> ArrayRecord:
+    """A client's reply: its tensors in float32, or in bfloat16 the float32 ones as updates (trained - received)."""
+    if transfer_dtype == BF16:
+        trained = {k: (v - received[k] if v.dtype == np.float32 else v) for k, v in trained.items()}
+    return numpy_to_record(trained, transfer_dtype, in_memory)
+
+
+class ClientModel(Mapping):
+    """A client's trained tensors from its bfloat16 reply: ``base`` (the server's float32
+    global model of the round) plus the update; other tensors as they came."""
+
+    def __init__(self, reply: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]) -> None:
+        self.reply, self.base = reply, base
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        value = self.reply[key]
+        return self.base[key] + value if value.dtype == np.float32 else value
+
+    def __iter__(self):
+        return iter(self.reply)
+
+    def __len__(self) -> int:
+        return len(self.reply)
+
+
+def client_models(
+    replies: list[ArrayRecord], base: Mapping[str, np.ndarray], transfer_dtype: str
+) -> list[Mapping[str, np.ndarray]]:
+    """The clients' trained tensors from their replies (see ``reply_record``), read lazily."""
+    views = [LazyArrays(r) for r in replies]
+    return [ClientModel(v, base) for v in views] if transfer_dtype == BF16 else views

@@ -32,7 +32,14 @@ from flwr.superlink.grid import InMemoryGrid
 from tqdm import tqdm
 
 from fedvssl.federated.aggregation import beta_step, client_weights, weighted_average
-from fedvssl.federated.records import TRANSFER_DTYPES, LazyArrays, is_in_memory, numpy_to_record, record_to_numpy
+from fedvssl.federated.records import (
+    TRANSFER_DTYPES,
+    LazyArrays,
+    client_models,
+    is_in_memory,
+    numpy_to_record,
+    record_to_numpy,
+)
 from fedvssl.processes import rss_mb
 from fedvssl.run_folder import RunFolder
 
@@ -386,7 +393,8 @@ class FedVSSL(FedAvg):
         counts = [int(m["num-examples"]) for m in metrics]
         weights = np.asarray(self.client_weights(losses, counts), dtype=np.float64)
         arrays = [_single(m.content.array_records, "ArrayRecord", m.metadata.src_node_id) for m in valid]
-        aggregate = self.server_step(weighted_average([LazyArrays(a) for a in arrays], weights), server_round)
+        models = client_models(arrays, self._previous, self.transfer_dtype)
+        aggregate = self.server_step(weighted_average(models, weights), server_round)
         entry = {
             "round": server_round,
             "partition_ids": [int(m.get("partition-id", -1)) for m in metrics],
@@ -401,7 +409,7 @@ class FedVSSL(FedAvg):
             # Per client, in partition-id order like the lists above: what it sent back, and how
             # far its model moved from the global one it started from.
             "client_bytes_received": [a.count_bytes() for a in arrays],
-            "client_update_norm": [update_norm(LazyArrays(a), self._previous) for a in arrays],
+            "client_update_norm": [update_norm(m, self._previous) for m in models],
             "time_s": time.perf_counter() - self._round.get("start", time.perf_counter()),
             # Wall clock at the round's start: the gaps between rounds (checkpoint, history,
             # monitor, Flower's loop) show as the difference of consecutive starts less time_s.
