@@ -271,6 +271,9 @@ def test_bf16_replies_are_updates_added_to_the_float32_global_model(tmp_path, tr
             replies.append(Message(content=RecordDict({"arrays": arrays, "metrics": mr}), reply_to=m))
         aggregates[dtype] = record_to_numpy(strategy.aggregate_train(1, replies)[0])
         strategy.close()
+        # Each client's update norm is that of the update it made, in either dtype.
+        made = [np.sqrt(sum(float(np.sum(u[k].astype(np.float64) ** 2)) for k in floats)) for u in updates]
+        np.testing.assert_allclose(strategy.history[-1]["client_update_norm"], made, rtol=1e-2)
     for k in floats:
         g, fp32, bf16 = transfer_state[k], aggregates["float32"][k], aggregates["bfloat16"][k]
         np.testing.assert_allclose(fp32, g + (updates[0][k] + updates[1][k]) / 2, rtol=1e-6, atol=1e-9)

@@ -8,7 +8,7 @@ its bfloat16 values (rounded to nearest even), in an Array whose ``dtype`` says
 
 In bfloat16 a client replies with its update (trained minus received weights), not its
 weights, and the server adds the update to its own float32 global model
-(``reply_record``, ``client_models``). Rounding then costs 2^-9 of an update, not 2^-9
+(``reply_record``; the strategy adds the weighted mean of the updates). Rounding then costs 2^-9 of an update, not 2^-9
 of each weight, and the global model keeps float32 precision from round to round.
 
 A tensor's ``.npy`` bytes are a ``bytes`` object, which every transport takes. In Flower's
@@ -145,29 +145,3 @@ def reply_record(
     if transfer_dtype == BF16:
         trained = {k: (v - received[k] if v.dtype == np.float32 else v) for k, v in trained.items()}
     return numpy_to_record(trained, transfer_dtype, in_memory)
-
-
-class ClientModel(Mapping):
-    """A client's trained tensors from its bfloat16 reply: ``base`` (the server's float32
-    global model of the round) plus the update; other tensors as they came."""
-
-    def __init__(self, reply: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]) -> None:
-        self.reply, self.base = reply, base
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        value = self.reply[key]
-        return self.base[key] + value if value.dtype == np.float32 else value
-
-    def __iter__(self):
-        return iter(self.reply)
-
-    def __len__(self) -> int:
-        return len(self.reply)
-
-
-def client_models(
-    replies: list[ArrayRecord], base: Mapping[str, np.ndarray], transfer_dtype: str
-) -> list[Mapping[str, np.ndarray]]:
-    """The clients' trained tensors from their replies (see ``reply_record``), read lazily."""
-    views = [LazyArrays(r) for r in replies]
-    return [ClientModel(v, base) for v in views] if transfer_dtype == BF16 else views

@@ -33,9 +33,9 @@ from tqdm import tqdm
 
 from fedvssl.federated.aggregation import beta_step, client_weights, weighted_average
 from fedvssl.federated.records import (
+    BF16,
     TRANSFER_DTYPES,
     LazyArrays,
-    client_models,
     is_in_memory,
     numpy_to_record,
     record_to_numpy,
@@ -121,8 +121,9 @@ def short_reason(reason: str) -> str:
     return (errors[-1] if errors else lines[0] if lines else "unknown error")[:500]
 
 
-def update_norm(state: Mapping[str, np.ndarray], previous: Mapping[str, np.ndarray]) -> float:
-    """The L2 norm of ``state - previous`` over the floating-point tensors.
+def update_norm(state: Mapping[str, np.ndarray], previous: Mapping[str, np.ndarray] | None = None) -> float:
+    """The L2 norm of ``state - previous`` over the floating-point tensors (of ``state`` if
+    ``previous`` is None: a bfloat16 reply is the update itself).
 
     The integer BatchNorm counters are left out: they grow by the number of local steps
     every round and would outweigh the change of the weights. Differences and dot
@@ -131,11 +132,14 @@ def update_norm(state: Mapping[str, np.ndarray], previous: Mapping[str, np.ndarr
     weights), and within a relative 1e-6 of it, plenty for a metric.
     """
     total = 0.0
-    for key, before in previous.items():
+    for key, before in (previous or state).items():
         if np.issubdtype(before.dtype, np.floating):
-            a, b = np.asarray(state[key]).reshape(-1), np.asarray(before).reshape(-1)
+            a = np.asarray(state[key]).reshape(-1)
+            b = None if previous is None else np.asarray(before).reshape(-1)
             for start in range(0, a.size, _NORM_CHUNK):
-                d = a[start : start + _NORM_CHUNK] - b[start : start + _NORM_CHUNK]
+                d = a[start : start + _NORM_CHUNK]
+                if b is not None:
+                    d = d - b[start : start + _NORM_CHUNK]
                 total += float(np.dot(d, d))
     return float(np.sqrt(total))
 
@@ -393,8 +397,19 @@ class FedVSSL(FedAvg):
         counts = [int(m["num-examples"]) for m in metrics]
         weights = np.asarray(self.client_weights(losses, counts), dtype=np.float64)
         arrays = [_single(m.content.array_records, "ArrayRecord", m.metadata.src_node_id) for m in valid]
-        models = client_models(arrays, self._previous, self.transfer_dtype)
-        aggregate = self.server_step(weighted_average(models, weights), server_round)
+        views = [LazyArrays(a) for a in arrays]
+        if self.transfer_dtype == BF16:
+            # The replies are updates (records.reply_record): sum_k w_k (G + u_k) = G + sum_k w_k u_k
+            # for weights that sum to 1, one addition of G instead of one per client.
+            mean, total = weighted_average(views, weights), float(weights.sum())
+            averaged = {
+                k: (self._previous[k] * np.float32(total) + v if v.dtype == np.float32 else v) for k, v in mean.items()
+            }
+            client_norms = [update_norm(v) for v in views]
+        else:
+            averaged = weighted_average(views, weights)
+            client_norms = [update_norm(v, self._previous) for v in views]
+        aggregate = self.server_step(averaged, server_round)
         entry = {
             "round": server_round,
             "partition_ids": [int(m.get("partition-id", -1)) for m in metrics],
@@ -409,7 +424,7 @@ class FedVSSL(FedAvg):
             # Per client, in partition-id order like the lists above: what it sent back, and how
             # far its model moved from the global one it started from.
             "client_bytes_received": [a.count_bytes() for a in arrays],
-            "client_update_norm": [update_norm(m, self._previous) for m in models],
+            "client_update_norm": client_norms,
             "time_s": time.perf_counter() - self._round.get("start", time.perf_counter()),
             # Wall clock at the round's start: the gaps between rounds (checkpoint, history,
             # monitor, Flower's loop) show as the difference of consecutive starts less time_s.
