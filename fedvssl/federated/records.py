@@ -7,9 +7,9 @@ its bfloat16 values (rounded to nearest even), in an Array whose ``dtype`` says
 (the int64 BatchNorm counters) travel unchanged.
 
 In bfloat16 a client replies with its update (trained minus received weights), not its
-weights, and the server adds the update to its own float32 global model
-(``reply_record``; the strategy adds the weighted mean of the updates). Rounding then costs 2^-9 of an update, not 2^-9
-of each weight, and the global model keeps float32 precision from round to round.
+weights (``reply_record``), and the strategy adds the weighted mean of the updates to its
+own float32 global model. Rounding then costs 2^-9 of an update, not 2^-9 of each
+weight, and the global model keeps float32 precision from round to round.
 
 A tensor's ``.npy`` bytes are a ``bytes`` object, which every transport takes. In Flower's
 in-process simulation, where messages reach the client actors through Ray, they can be a

@@ -132,7 +132,7 @@ def update_norm(state: Mapping[str, np.ndarray], previous: Mapping[str, np.ndarr
     weights), and within a relative 1e-6 of it, plenty for a metric.
     """
     total = 0.0
-    for key, before in (previous or state).items():
+    for key, before in (state if previous is None else previous).items():
         if np.issubdtype(before.dtype, np.floating):
             a = np.asarray(state[key]).reshape(-1)
             b = None if previous is None else np.asarray(before).reshape(-1)
