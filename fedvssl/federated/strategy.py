@@ -399,8 +399,8 @@ class FedVSSL(FedAvg):
         arrays = [_single(m.content.array_records, "ArrayRecord", m.metadata.src_node_id) for m in valid]
         views = [LazyArrays(a) for a in arrays]
         if self.transfer_dtype == BF16:
-            # The replies are updates (records.reply_record): sum_k w_k (G + u_k) = G + sum_k w_k u_k
-            # for weights that sum to 1, one addition of G instead of one per client.
+            # The replies are updates (records.reply_record): sum_k w_k (G + u_k) is
+            # (sum_k w_k) G + sum_k w_k u_k, one addition of G instead of one per client.
             mean, total = weighted_average(views, weights), float(weights.sum())
             averaged = {
                 k: (self._previous[k] * np.float32(total) + v if v.dtype == np.float32 else v) for k, v in mean.items()
