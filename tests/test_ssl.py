@@ -81,17 +81,23 @@ def test_optimiser_defaults_follow_the_paper():
         assert m.optimizer["grad_clip"] == 40
 
 
-@pytest.mark.parametrize(("name", "steps", "lr"), [("speed", 25, 0.05), ("vcop", 25, 0.05), ("ctp", 45, 0.05)])
+@pytest.mark.parametrize(
+    ("name", "clips", "steps", "lr"), [("speed", 8, 25, 0.05), ("vcop", 8, 25, 0.05), ("ctp", 4, 90, 0.02)]
+)
 @pytest.mark.slow
-def test_learns_on_a_fixed_batch(world, name, steps, lr):
+def test_learns_on_a_fixed_batch(world, name, clips, steps, lr):
     """A short centralised run on real decoded clips: loss falls, the pretext score beats chance.
 
     CtP's head starts from Normal(0, 0.001) weights in two stacked layers, so it
-    leaves its starting point slowly; its check averages the last 5 steps.
+    leaves its starting point slowly: it gets twice the steps on half the clips, and
+    its check averages the last 5 steps. Measured 2026-12-05 (2-core CPU) with batch
+    and model seeds 0-2: the tail loss was 0.24-0.41 of the first, the tail IoU
+    0.22-0.27 above the zero-motion guess; 45 steps on 8 clips at lr 0.05 gave only
+    0.85-0.90, too close to call.
     """
     torch.manual_seed(0)
     m = method(name, f"ssl.optimizer.lr={lr}", "ssl.optimizer.momentum=0.9")
-    batch = batch_of(world, m, 8)
+    batch = batch_of(world, m, clips)
     model = m.build_model(seed=0)
     for mod in model.modules():
         if isinstance(mod, torch.nn.Dropout):
@@ -102,8 +108,8 @@ def test_learns_on_a_fixed_batch(world, name, steps, lr):
         zero = box_iou(batch["trajs"][:, :, :1].expand_as(batch["trajs"]), batch["trajs"]).mean().item()
         tail_loss = np.mean([h["train-loss"] for h in history[-5:]])
         tail_iou = np.mean([h["iou"] for h in history[-5:]])
-        assert tail_loss < 0.85 * first["train-loss"], (first, tail_loss)
-        assert tail_iou > zero + 0.03, (zero, tail_iou)
+        assert tail_loss < 0.7 * first["train-loss"], (first, tail_loss)
+        assert tail_iou > zero + 0.1, (zero, tail_iou)
     else:
         assert last["train-loss"] < 0.6 * first["train-loss"], (first, last)
         chance = 1 / (len(PERMUTATIONS) if name == "vcop" else 7)

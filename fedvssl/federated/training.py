@@ -7,6 +7,7 @@ Flower appears only in ``client_app.py``, which wraps :func:`local_train`.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -97,9 +98,16 @@ def train_epoch(
             raise FloatingPointError(f"non-finite training loss {loss.item()}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        if clip:
-            scaler.unscale_(optimizer)  # clip the true gradients (a no-op unless fp16)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        scaler.unscale_(optimizer)  # clip and check the true gradients (a no-op unless fp16)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip or math.inf)
+        # A finite loss can still give non-finite gradients (torch's CPU bf16 backward does on
+        # some CPUs); one such step would turn every weight into NaN and poison the global model.
+        # fp16's scaler skips its own overflowed steps, so only other precisions stop here.
+        if not torch.isfinite(norm) and not scaler.is_enabled():
+            raise FloatingPointError(
+                f"non-finite gradients (norm {norm.item()}) after a finite loss"
+                f" with runtime.precision.amp_dtype={precision.amp_dtype}"
+            )
         scaler.step(optimizer)
         scaler.update()
         n = len(next(iter(batch.values())))
