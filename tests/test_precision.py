@@ -50,7 +50,8 @@ def _batch():
 def _step(precision: Precision):
     """The loss, the parameter update and the model after one train_epoch over one batch."""
     # Two threads, whatever earlier tests left: with one thread, torch 2.14.1's CPU bf16
-    # backward of this model gives NaN gradients (measured 2026-11-29; fp32 is unaffected).
+    # backward of this model gives NaN gradients (measured 2026-11-29; fp32 is unaffected);
+    # with two it still does now and then (see _bf16_step).
     torch.set_num_threads(2)
     method = make_speed()
     model = method.build_model(0)
