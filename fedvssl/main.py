@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import socket
 import threading
 import time
@@ -222,6 +223,17 @@ def evaluate(cfg: DictConfig, checkpoint: Path) -> dict:
     return evaluate_states(settings, checkpoint_and_control(settings, checkpoint))
 
 
+# Overrides that concern only pretraining or the run folder, left out of the later evaluation.
+_PRETRAIN_ONLY = ("finetune.datasets=", "hydra.", "resume=", "resume_sweep=", "num_rounds=", "checkpoint=")
+
+
+def evaluate_command(overrides: list[str], checkpoint: Path) -> str:
+    """The ``fedvssl.evaluate`` command for a run's final checkpoint, with the run's other overrides."""
+    kept = [o for o in overrides if not o.lstrip("+~").startswith(_PRETRAIN_ONLY)]
+    args = [f"checkpoint={checkpoint}", *kept, f"hydra.run.dir={checkpoint.parent.parent / 'evaluation'}"]
+    return "python -m fedvssl.evaluate " + " ".join(shlex.quote(a) for a in args)
+
+
 def run(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -262,7 +274,8 @@ def run(cfg: DictConfig) -> dict:
     plot_history(history, run.history_plot, chance_loss=build_method(cfg).chance_loss)
 
     start = time.perf_counter()
-    results = evaluate(cfg, checkpoint)
+    # finetune.datasets=[]: pretraining only (evaluate the checkpoint later, elsewhere).
+    results = evaluate(cfg, checkpoint) if cfg.finetune.datasets else {}
     times["evaluation_s"] = time.perf_counter() - start
     results["run"] = {
         "checkpoint": str(checkpoint),
@@ -271,7 +284,11 @@ def run(cfg: DictConfig) -> dict:
         "overrides": list(HydraConfig.get().overrides.task),
         "wall_time_s": {k: round(v, 2) for k, v in times.items()},
     }
-    text = results_markdown(results, list(cfg.finetune.retrieval.ks))
+    if cfg.finetune.datasets:
+        text = results_markdown(results, list(cfg.finetune.retrieval.ks))
+    else:
+        later = evaluate_command(results["run"]["overrides"], checkpoint)
+        text = f"No downstream evaluation (finetune.datasets=[]); to evaluate later:\n\n    {later}\n"
     run.write_results(results, text)
     print(f"\nAfter {cfg.num_rounds} rounds ({run.root}):\n\n{text}")
     return results

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import ROOT, TAILS, process_group, run_main
+from helpers import ROOT, TAILS, process_group, run_main, run_module
 
 from fedvssl.files import load_npz
 
@@ -117,6 +118,7 @@ def test_end_to_end_run(tmp_path, flower_env):
     assert "[flwr]" not in console and "Starting FedVSSL strategy" not in console and "DEBUG" not in console
     log = (run / "main.log").read_text()
     assert log.count("Starting FedVSSL strategy") == 1 and "[DEBUG]" not in log
+    assert "[alembic" not in log  # import-time chatter of Flower's state database
 
     results = json.loads((run / "results.json").read_text())
     for name in ("ucf101", "hmdb51"):
@@ -198,7 +200,7 @@ def test_published_partition_trains_only_on_usable_videos(tmp_path, flower_env, 
     P.write_partition(clients, [c.replace(" ", "_") for c in classes], tmp_path / "parts", {})
     run = tmp_path / "run"
     args = [*TINY, "num_rounds=1", "finetune=ucf101", "partition=published", f"partition.dir={tmp_path / 'parts'}"]
-    args += ["partition.num_clients=2", "strategy.transfer_dtype=bfloat16"]
+    args += ["partition.num_clients=2", "strategy.transfer_dtype=bfloat16", "finetune.datasets=[]"]
     proc = run_main([*args, f"dataset.root={world}", f"hydra.run.dir={run}"], flower_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = json.loads((run / "history.json").read_text())[0]
@@ -226,7 +228,10 @@ def test_too_much_broken_data_stops_before_training(tmp_path, flower_env, broken
 
 
 def test_ctp_federation(tmp_path, flower_env, world):
-    """The paper's main pretext task through the whole path (16-frame clips, 32x32)."""
+    """The paper's main pretext task through the whole path (16-frame clips, 32x32).
+
+    Pretraining only (``finetune.datasets=[]``), then the evaluation command the run prints,
+    as printed: it carries the run's backbone and input settings and the finetune choice."""
     run = tmp_path / "run"
     args = [
         "ssl=ctp",
@@ -237,22 +242,34 @@ def test_ctp_federation(tmp_path, flower_env, world):
         "num_rounds=1",
         "dataset.pretrain.clips_per_video=1",  # one local epoch (the demo draws 25 clips per video)
     ]
-    args += ["finetune=hmdb51", "finetune.retrieval.num_clips=1", f"dataset.root={world}", f"hydra.run.dir={run}"]
-    proc = run_main(args, flower_env)
+    args += ["finetune=hmdb51", "finetune.retrieval.num_clips=1", "finetune.datasets=[]"]
+    proc = run_main([*args, f"dataset.root={world}", f"hydra.run.dir={run}"], flower_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [entry] = json.loads((run / "history.json").read_text())
     assert len(entry["iou"]) == 2 and all(0.0 <= v <= 1.0 for v in entry["iou"])
-    assert len(load_npz(run / "checkpoints" / "round-1.npz")) == 120
+    checkpoint = run / "checkpoints" / "round-1.npz"
+    assert len(load_npz(checkpoint)) == 120
     heads = torch.load(run / "clients" / "client-0000" / "round-1.pt", weights_only=True)
     assert list(heads) == [k for k, _ in TAILS["ctp"]]
+
+    assert set(json.loads((run / "results.json").read_text())) == {"run"}  # nothing evaluated
+    assert "Retrieval" not in proc.stdout
+    [command] = [line.strip() for line in proc.stdout.splitlines() if "fedvssl.evaluate" in line]
+    argv = shlex.split(command)
+    assert argv[:3] == ["python", "-m", "fedvssl.evaluate"] and f"checkpoint={checkpoint}" in argv
+    assert "model=paper" in argv and "input.clip_len=16" in argv and "finetune.datasets=[]" not in argv
+    later = run_module("fedvssl.evaluate", argv[3:], flower_env)
+    assert later.returncode == 0, later.stderr[-3000:]
+    results = json.loads((run / "evaluation" / "results.json").read_text())
+    assert set(results) == {"hmdb51", "run"} and results["run"]["checkpoint"] == str(checkpoint)
+    assert results["hmdb51"]["queries"] > 0 and 0 <= results["hmdb51"]["retrieval"]["R@1"] <= 100
 
 
 def test_failing_clients_are_survived_or_stop_the_run(tmp_path, flower_env, world):
     base = [
         *TINY,
         "partition.num_clients=3",
-        "finetune=hmdb51",
-        "finetune.retrieval.num_clips=1",
+        "finetune.datasets=[]",  # pretraining only
         f"dataset.root={world}",
     ]
     run = tmp_path / "ok"
@@ -293,7 +310,7 @@ def start_until_round_one(args: list[str], run: Path, env: dict[str, str]) -> su
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, flower_env, world):
-    base = [*TINY, "num_rounds=2", "finetune=hmdb51", "finetune.retrieval.num_clips=1", f"dataset.root={world}"]
+    base = [*TINY, "num_rounds=2", "finetune.datasets=[]", f"dataset.root={world}"]  # pretraining only
     full = tmp_path / "full"
     assert run_main([*base, f"hydra.run.dir={full}"], flower_env).returncode == 0
 

@@ -42,3 +42,15 @@ def test_jobs_that_differ_only_in_seed_are_pooled(tmp_path):
     write_summary(tmp_path)
     assert "Over seeds" in (tmp_path / "summary.md").read_text()
     assert len(pd.read_csv(tmp_path / "seeds.csv")) == 2 * 3  # two settings x R@1/5/10
+
+
+def test_a_sweep_of_pretraining_only_jobs_is_summarised_without_scores(tmp_path):
+    """Jobs run with finetune.datasets=[] hold no downstream entry: listed, nothing pooled or drawn."""
+    for i in range(2):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "results.json").write_text(json.dumps({"run": {"overrides": [f"seed={i}"]}}))
+        (tmp_path / str(i) / "fedvssl.yaml").write_text(f"seed: {i}\nstrategy:\n  alpha: 0.9\n")
+    frame, pooled = write_summary(tmp_path)
+    assert list(frame["seed"]) == [0, 1] and pooled.empty
+    assert "| 0 | seed=0 |" in (tmp_path / "summary.md").read_text()
+    assert not (tmp_path / "summary.png").exists()

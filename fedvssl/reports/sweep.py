@@ -132,12 +132,14 @@ def write_summary(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def plot(frame: pd.DataFrame, path: Path) -> None:
+    columns = [c for c in frame.columns if c.endswith((" R@1", " top1"))]
+    if not columns:  # pretraining-only jobs (finetune.datasets=[]): nothing to draw
+        return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = [c for c in frame.columns if c.endswith((" R@1", " top1"))]
     ax = frame.set_index("job")[columns].plot.bar(figsize=(max(5, 1.2 * len(frame)), 3.5), rot=0)
     ax.set(ylabel="%", title="Downstream results per job")
     ax.figure.tight_layout()
