@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fedvssl.data.frame_cache import VERSION, read_manifest
 from fedvssl.data.lists import DOWNSTREAM_READERS
@@ -100,7 +100,12 @@ def validate(cfg: DictConfig) -> None:
         isinstance(target, str) and target.startswith("fedvssl.ssl."),
         f"ssl._target_={target} is not a fedvssl.ssl method",
     )
-    for name in cfg.finetune.datasets:
+    datasets = cfg.finetune.datasets
+    _check(
+        isinstance(datasets, ListConfig) and len(set(map(str, datasets))) == len(datasets),
+        f"finetune.datasets={datasets} must be a list without repeats, such as [ucf101, hmdb51] or []",
+    )
+    for name in datasets:
         _check(
             name in DOWNSTREAM_READERS,
             f"finetune.datasets contains {name!r}; expected a subset of {list(DOWNSTREAM_READERS)}",

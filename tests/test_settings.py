@@ -59,3 +59,21 @@ def test_values_are_typed_once():
 def test_a_mistyped_value_fails_with_one_line():
     with pytest.raises(ConfigError, match="ClientSettings: .*batch_size"):
         settings(ClientSettings, compose_config().runtime, batch_size="four", seed=7)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("ucf101", "finetune.datasets=ucf101 must be a list without repeats"),
+        ("[ucf101,ucf101]", "finetune.datasets=['ucf101', 'ucf101'] must be a list without repeats"),
+        ("[kinetics]", "finetune.datasets contains 'kinetics'"),
+    ],
+)
+def test_downstream_datasets_are_a_list_of_known_names(tmp_path, value, expected):
+    from fedvssl.config import validate
+
+    with pytest.raises(ConfigError) as raised:
+        validate(compose_config("input=tiny", f"dataset.root={tmp_path}", f"finetune.datasets={value}"))
+    assert str(raised.value).startswith(expected)
+    for fine in ("[]", "[hmdb51]", "[ucf101,hmdb51]"):
+        validate(compose_config("input=tiny", f"dataset.root={tmp_path}", f"finetune.datasets={fine}"))
