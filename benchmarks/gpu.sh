@@ -10,9 +10,26 @@
 #    clients at input=paper with runtime=gpu, end to end from the frame cache, and the
 #    projected wall time of the 540-round protocol (benchmarks/paper_round.py).
 # Each step has its own time limit, so one slow step cannot take the others' time.
+#
+# A lent GPU machine has PyTorch but no network: the other packages come as wheels installed
+# into /tmp/fedvssl-site beforehand (benchmarks/device_wheels.py; README: "Training-throughput
+# benchmark"). With a network, pip installs them here instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q -c constraints.txt -e . >/dev/null
+if ! command -v python >/dev/null; then  # such machines may have python3 alone
+    mkdir -p /tmp/fedvssl-bin && ln -sf "$(command -v python3)" /tmp/fedvssl-bin/python
+    export PATH="/tmp/fedvssl-bin:$PATH"
+fi
+export PYTHONPATH="/tmp/fedvssl-site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+imports() { python -c "import flwr, ray, hydra, omegaconf, decord, av, fedvssl.main" 2>&1 | tail -1; }
+if [ -n "$(imports)" ] && [ ! -d /tmp/fedvssl-site ]; then
+    python -m pip install -q --retries 1 --timeout 10 -c constraints.txt -e . >/dev/null 2>&1 || true
+fi
+if [ -n "$(imports)" ]; then
+    echo "gpu.sh: $(imports)"
+    echo "gpu.sh: install the wheels of benchmarks/device_wheels.py into /tmp/fedvssl-site first"
+    exit 1
+fi
 export FLWR_HOME=$(mktemp -d) FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 nvidia-smi --query-gpu=name,memory.total --format=csv
 nproc

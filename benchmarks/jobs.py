@@ -14,9 +14,14 @@ from fedvssl.run_setup import FLOWER_ENV
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def python_path() -> str:
+    """This checkout first, then the caller's own path (a GPU machine's carried packages, say)."""
+    return os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
 def job_env(work: Path) -> dict[str, str]:
     """Flower's environment with a private FLWR_HOME under ``work``, and this checkout on the path."""
-    return {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(work / "flwr"), "PYTHONPATH": str(ROOT)}
+    return {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(work / "flwr"), "PYTHONPATH": python_path()}
 
 
 def run_job(overrides: list[str], work: Path, run_dir: Path) -> tuple[list[dict], float]:

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.jobs import python_path
+
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("untrimmed", "trimmed")
 
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for variant in a.variants:
         out = work / f"{variant}.json"
-        env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(work / "flwr"), "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(work / "flwr"), "PYTHONPATH": python_path()}
         cmd = [sys.executable, "-m", "benchmarks.runtime_memory", "--child", variant, "--out", str(out)]
         cmd += ["--rounds", str(a.rounds), "--clients", str(a.clients), "--per-round", str(a.per_round)]
         print(f"{variant}: {a.rounds} rounds ...", flush=True)
