@@ -118,7 +118,7 @@ def strip_ray(wheel: Path) -> None:
             data = src.read(info)
             if info.filename.endswith(".dist-info/RECORD"):
                 lines = data.decode().splitlines(keepends=True)
-                data = "".join(line for line in lines if not RAY_DROP.match(line)).encode()
+                data = "".join(line for line in lines if not RAY_DROP.match(line.split(",")[0])).encode()
             dst.writestr(info, data)
     slim.replace(wheel)
 
