@@ -15,6 +15,8 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -116,6 +118,44 @@ def stop_descendants() -> list[int]:
     return pids
 
 
+def freeze_descendants() -> list[int]:
+    """SIGSTOP every process below this one; rescans until none is new (one may have forked meanwhile)."""
+    frozen: list[int] = []
+    while new := [p for p in descendants(os.getpid()) if p not in frozen]:
+        for pid in new:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        frozen += new
+    return frozen
+
+
+# SIGKILLs the PIDs it is given; SIGKILL also ends a stopped process.
+_KILLER = "import os, sys\nfor p in sys.argv[1:]:\n    try: os.kill(int(p), 9)\n    except OSError: pass"
+
+
+def exit_stopping_descendants(code: int) -> None:
+    """Exit now with ``code``; every process below this one is frozen first, then killed by a helper.
+
+    A Ray driver aborts as soon as its raylet dies, so killing its processes from here
+    can be cut short half way, leaving the rest running. Frozen processes die no death
+    that the driver could notice; a helper in its own session kills them once we are gone.
+    """
+    pids = freeze_descendants()
+    try:
+        subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _KILLER, *map(str, pids)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a second Ctrl-C to the terminal's group leaves it be
+        )
+    except OSError:
+        for pid in reversed(pids):  # the deepest first, Ray's raylet and GCS last
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    os._exit(code)
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
     """While inside, SIGINT and SIGTERM stop the processes this one started, then exit (128 + signal).
@@ -125,8 +165,7 @@ def stop_on_signals() -> Iterator[None]:
 
     def handler(signum: int, _frame) -> None:
         log.warning("%s: stopping the run and the processes it started", signal.Signals(signum).name)
-        stop_descendants()
-        os._exit(128 + signum)
+        exit_stopping_descendants(128 + signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     # ray.init replaces the SIGTERM handler with one that only raises SystemExit, after

@@ -1,0 +1,53 @@
+"""Stopping a run's processes on a signal, when the driver aborts as soon as one of them dies."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tests.helpers import ROOT, process_group
+
+# A stand-in for a Ray driver: its core worker aborts the process as soon as the raylet dies,
+# here as soon as any child dies. It starts three children with a child each, then waits
+# inside ``stop_on_signals`` as a run waits inside the simulation.
+DRIVER = """
+import os, signal, subprocess, sys, time
+from fedvssl.processes import stop_on_signals
+
+def abort_when_a_child_dies(*_):
+    pid, status = os.waitpid(-1, os.WNOHANG)
+    if pid and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
+        os.abort()
+
+nap = "import time; time.sleep(600)"
+sleeper = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {nap!r}]); time.sleep(600)"
+kids = [subprocess.Popen([sys.executable, "-c", sleeper]) for _ in range(3)]
+with stop_on_signals():
+    signal.signal(signal.SIGCHLD, abort_when_a_child_dies)
+    time.sleep(2)  # the grandchildren have started
+    open(sys.argv[1], "w").close()
+    time.sleep(600)
+"""
+
+
+def test_a_signal_stops_every_process_although_the_driver_aborts_when_one_dies(tmp_path):
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(ready)], cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while not ready.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert ready.exists()
+        assert len(process_group(proc.pid)) == 7
+        os.kill(proc.pid, signal.SIGTERM)
+        # The handler ran to its end: it did not die half way through, by the abort.
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+        deadline = time.time() + 10
+        while process_group(proc.pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not process_group(proc.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
