@@ -123,7 +123,7 @@ def freeze_descendants() -> list[int]:
     frozen: list[int] = []
     while new := [p for p in descendants(os.getpid()) if p not in frozen]:
         for pid in new:
-            with suppress(ProcessLookupError):
+            with suppress(OSError):  # gone meanwhile, or not ours to signal
                 os.kill(pid, signal.SIGSTOP)
         frozen += new
     return frozen
@@ -140,20 +140,22 @@ def exit_stopping_descendants(code: int) -> None:
     can be cut short half way, leaving the rest running. Frozen processes die no death
     that the driver could notice; a helper in its own session kills them once we are gone.
     """
-    pids = freeze_descendants()
     try:
-        subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _KILLER, *map(str, pids)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # a second Ctrl-C to the terminal's group leaves it be
-        )
-    except OSError:
-        for pid in reversed(pids):  # the deepest first, Ray's raylet and GCS last
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    os._exit(code)
+        pids = freeze_descendants()
+        try:
+            subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _KILLER, *map(str, pids)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # a second Ctrl-C to the terminal's group leaves it be
+            )
+        except OSError:
+            for pid in reversed(pids):  # the deepest first, Ray's raylet and GCS last
+                with suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+    finally:
+        os._exit(code)  # whatever failed above, a signalled run ends
 
 
 @contextmanager
