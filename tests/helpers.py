@@ -3,7 +3,9 @@
 import contextlib
 import io
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +102,24 @@ def process_group(pgid: int) -> list[str]:
             if int(text.rsplit(")", 1)[1].split()[2]) == pgid:
                 found.append(text)
     return found
+
+
+def left_in_group(pgid: int, within_s: float) -> list[str]:
+    """What is still alive in process group ``pgid`` after up to ``within_s`` seconds of waiting for it to empty."""
+    deadline = time.time() + within_s
+    while (left := process_group(pgid)) and time.time() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+@contextlib.contextmanager
+def killing_group_after(pgid: int):
+    """On leaving, SIGKILL whatever is left of process group ``pgid`` (a failed test's processes)."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
 
 
 def r3d_backbone_state() -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import ROOT, TAILS, process_group, run_main, run_module
+from helpers import ROOT, TAILS, killing_group_after, left_in_group, process_group, run_main, run_module
 
 from fedvssl.files import load_npz
 
@@ -349,16 +349,10 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, flower_env,
 def test_a_signal_stops_the_run_and_its_ray_processes(tmp_path, flower_env, world, sig, to_group):
     args = [*TINY, "num_rounds=50", "finetune=ucf101", f"dataset.root={world}", f"hydra.run.dir={tmp_path / 'run'}"]
     proc = start_until_round_one(args, tmp_path / "run", flower_env)
-    try:
+    with killing_group_after(proc.pid):
         assert len(process_group(proc.pid)) > 3, "Ray is not running"
         (os.killpg if to_group else os.kill)(proc.pid, sig)
         code = proc.wait(timeout=120)
         if not to_group:  # the handler ran to its end (a Ray driver aborts when its raylet dies)
             assert code == 128 + sig
-        deadline = time.time() + 30
-        while process_group(proc.pid) and time.time() < deadline:
-            time.sleep(0.5)
-        assert not process_group(proc.pid)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        assert not left_in_group(proc.pid, within_s=30)

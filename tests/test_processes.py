@@ -1,13 +1,12 @@
 """Stopping a run's processes on a signal, when the driver aborts as soon as one of them dies."""
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 
-from tests.helpers import ROOT, process_group
+from helpers import ROOT, killing_group_after, left_in_group, process_group
 
 # A stand-in for a Ray driver: its core worker aborts the process as soon as the raylet dies,
 # here as soon as any child dies. It starts three children with a child each, then waits
@@ -35,7 +34,7 @@ with stop_on_signals():
 def test_a_signal_stops_every_process_although_the_driver_aborts_when_one_dies(tmp_path):
     ready = tmp_path / "ready"
     proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(ready)], cwd=ROOT, start_new_session=True)
-    try:
+    with killing_group_after(proc.pid):
         deadline = time.time() + 60
         while not ready.exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.1)
@@ -44,10 +43,4 @@ def test_a_signal_stops_every_process_although_the_driver_aborts_when_one_dies(t
         os.kill(proc.pid, signal.SIGTERM)
         # The handler ran to its end: it did not die half way through, by the abort.
         assert proc.wait(timeout=30) == 128 + signal.SIGTERM
-        deadline = time.time() + 10
-        while process_group(proc.pid) and time.time() < deadline:
-            time.sleep(0.1)
-        assert not process_group(proc.pid)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        assert not left_in_group(proc.pid, within_s=10)
