@@ -133,7 +133,8 @@ def test_end_to_end_run(tmp_path, flower_env):
 
 def test_multirun_sweep(tmp_path, flower_env, world):
     sweep = tmp_path / "multi"
-    args = ["-m", *TINY, "num_rounds=1", "strategy.alpha=0,1", "finetune=ucf101", f"dataset.root={world}"]
+    strategies = "strategy=fedvssl_a0_b0,fedvssl_a1_b1"  # alpha and beta 0, then 1
+    args = ["-m", *TINY, "num_rounds=1", strategies, "finetune=ucf101", f"dataset.root={world}"]
     proc = run_main([*args, f"hydra.sweep.dir={sweep}"], flower_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     h0, h1 = (json.loads((sweep / str(j) / "history.json").read_text())[0] for j in (0, 1))
@@ -147,9 +148,25 @@ def test_multirun_sweep(tmp_path, flower_env, world):
     for j, alpha in ((0, 0), (1, 1)):
         ucf = json.loads((sweep / str(j) / "results.json").read_text())["ucf101"]
         gain = ucf["retrieval"]["R@1"] - ucf["random_init"]["retrieval"]["R@1"]
-        row = pooled[(pooled.setting.str.contains(f"strategy.alpha={alpha}")) & (pooled.metric == "R@1")].iloc[0]
+        row = pooled[(pooled.setting.str.contains(f"fedvssl_a{alpha}_b{alpha}")) & (pooled.metric == "R@1")].iloc[0]
         assert row["min gain"] == pytest.approx(gain, abs=0.01) and row["seeds"] == 1
     assert "Over seeds" in proc.stdout and "random init" in proc.stdout
+
+    # The sweep's summary (table, figure, CSV), made again by the report command, and the paper's table.
+    summary = (sweep / "summary.md").read_text()
+    assert summary.count("\n| ") >= 2 and "strategy=fedvssl_a1_b1" in summary and "ucf101 R@1" in summary
+    assert (sweep / "summary.png").stat().st_size > 5000
+    frame = pd.read_csv(sweep / "summary.csv")
+    assert list(frame["alpha"]) == [0.0, 1.0] and list(frame["beta"]) == [0, 1]
+    cmd = [sys.executable, "-m", "fedvssl.reports.sweep"]
+    report = subprocess.run([*cmd, "summary", str(sweep)], cwd=ROOT, capture_output=True, text=True)
+    assert report.returncode == 0 and "ucf101 R@1" in report.stdout
+    paper = subprocess.run([*cmd, "paper", str(sweep)], cwd=ROOT, capture_output=True, text=True)
+    assert paper.returncode == 0, paper.stderr
+    row = next(line for line in paper.stdout.splitlines() if line.startswith("| FedVSSL(alpha=1 beta=1)"))
+    assert "35.66" in row and "16.41" in row and "78.99" in row  # the paper's published figures
+    ours = json.loads((sweep / "1" / "results.json").read_text())["ucf101"]["retrieval"]["R@1"]
+    assert f"{ours:.2f}" in row
 
     # The same sweep again: the finished job is skipped, the unfinished one resumes.
     kept = (sweep / "0" / "results.json").read_bytes()
