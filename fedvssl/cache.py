@@ -18,11 +18,10 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from fedvssl.config import CONF_DIR, check_cache_build, validate
-from fedvssl.data.annotations import read_class_index
-from fedvssl.data.client_dist import client_file, read_partition
 from fedvssl.data.frame_cache import Manifest, write_manifest
 from fedvssl.data.frame_cache_build import build_cache
-from fedvssl.data.lists import DOWNSTREAM_READERS, pretrain_list
+from fedvssl.data.lists import DOWNSTREAM_READERS, pretrain_list, published_list
+from fedvssl.data.partitions import PUBLISHED
 from fedvssl.errors import RunError, one_line_errors
 from fedvssl.run_setup import generate_data
 from fedvssl.settings import downstream_set, pretrain_source
@@ -31,11 +30,9 @@ from fedvssl.settings import downstream_set, pretrain_source
 def listed_videos(cfg: DictConfig) -> list[str]:
     """Every video file the run lists, pretraining and downstream, in list order (resolved or not)."""
     source = pretrain_source(cfg)
-    if cfg.partition.scheme == "published":
-        classes = read_class_index(Path(cfg.partition.class_index))
-        records = []
-        for k in range(1, cfg.partition.num_clients + 1):
-            records += read_partition(client_file(Path(cfg.partition.dir), k), Path(source.videos), classes)
+    if cfg.partition.scheme == PUBLISHED:
+        p = cfg.partition
+        records = published_list(Path(p.dir), p.num_clients, Path(p.class_index), Path(source.videos))
     else:
         records = pretrain_list(source)[0]
     for name in cfg.finetune.datasets:

@@ -13,7 +13,8 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fedvssl.data.frame_cache import VERSION, read_manifest
-from fedvssl.data.lists import DOWNSTREAM_READERS
+from fedvssl.data.lists import DOWNSTREAM_READERS, PRETRAIN_FORMATS
+from fedvssl.data.partitions import PUBLISHED, SCHEMES
 from fedvssl.data.transforms import at_crop
 from fedvssl.data.video import BACKENDS
 from fedvssl.errors import ConfigError
@@ -90,9 +91,9 @@ def validate(cfg: DictConfig) -> None:
 
         _check(torch.cuda.is_available(), f"runtime.device={device} but no CUDA device is available here")
     scheme = cfg.partition.scheme
-    _check(scheme in ("iid", "noniid", "dirichlet", "published"), f"partition.scheme={scheme} is not a known scheme")
+    _check(scheme in (*SCHEMES, PUBLISHED), f"partition.scheme={scheme} is not a known scheme")
     fmt = cfg.dataset.pretrain.format
-    _check(fmt in ("kinetics_csv", "ucf101"), f"dataset.pretrain.format={fmt} must be kinetics_csv or ucf101")
+    _check(fmt in PRETRAIN_FORMATS, f"dataset.pretrain.format={fmt} must be one of {', '.join(PRETRAIN_FORMATS)}")
     frac = cfg.data.max_bad_fraction
     _check(0.0 <= frac <= 1.0, f"data.max_bad_fraction={frac} must be in [0, 1]")
     target = cfg.ssl.get("_target_", "")

@@ -19,9 +19,7 @@ from omegaconf import DictConfig
 
 from fedvssl.config import CONFIG_ENV, to_yaml
 from fedvssl.data import partitions as P
-from fedvssl.data.annotations import read_class_index
-from fedvssl.data.client_dist import client_file, read_partition
-from fedvssl.data.lists import pretrain_list, screen_downstream
+from fedvssl.data.lists import PRETRAIN_FORMATS, pretrain_list, published_list, screen_downstream
 from fedvssl.data.screening import skipped, usable
 from fedvssl.errors import DataError
 from fedvssl.run_folder import RunFolder
@@ -60,12 +58,8 @@ def screen_and_partition(cfg: DictConfig) -> None:
 
     pcfg = cfg.partition
     out = Path(pcfg.dir)
-    if pcfg.scheme == "published":
-        class_index = Path(pcfg.class_index)
-        classes = read_class_index(class_index)
-        records = []
-        for k in range(1, pcfg.num_clients + 1):
-            records += read_partition(client_file(out, k), Path(source.videos), classes)
+    if pcfg.scheme == P.PUBLISHED:
+        records = published_list(out, pcfg.num_clients, Path(pcfg.class_index), Path(source.videos))
         unique = list({r.name: r for r in records}.values())
         _, bad = usable(unique, "pretraining", source.videos_root, checks)
         unusable += skipped("pretraining", "train", bad)
@@ -74,9 +68,8 @@ def screen_and_partition(cfg: DictConfig) -> None:
         good, bad = usable(listed, "pretraining", source.videos_root, checks)
         unusable += skipped("pretraining", "train", bad)
         items = [(P.item_name(r.name), r.label + 1) for r in good]
-        if source.format == "kinetics_csv":
-            items.sort()  # as the partition command: the split does not depend on the CSV's row order
-        # UCF-101 keeps trainlist order, as the Flower baseline's split does.
+        if PRETRAIN_FORMATS[source.format].sort_items:
+            items.sort()
         try:
             clients, params = P.split(
                 items, pcfg.scheme, pcfg.num_clients, pcfg.get("seed", 7), float(pcfg.get("alpha", 0.5))

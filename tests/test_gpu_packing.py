@@ -14,7 +14,7 @@ from helpers import run_main
 from omegaconf import OmegaConf
 
 from fedvssl.errors import ConfigError
-from fedvssl.main import simulation_backend
+from fedvssl.federated.backend import simulation_backend
 
 GOOD = {
     "ray_address": None,

@@ -31,7 +31,7 @@ LOOPBACK_RAY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABL
 
 
 def outward_ip() -> str | None:
-    from fedvssl.main import _outward_ip
+    from fedvssl.federated.backend import _outward_ip
 
     return _outward_ip()
 

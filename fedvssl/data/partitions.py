@@ -98,6 +98,11 @@ def dirichlet(items: list[Item], num_clients: int, alpha: float, seed: int, min_
     raise ValueError(f"could not give every one of {num_clients} clients {min_size} videos with alpha={alpha}")
 
 
+# The schemes that split a list here, and the one that reads existing client_dist<k>.json files instead.
+SCHEMES = ("iid", "noniid", "dirichlet")
+PUBLISHED = "published"
+
+
 def split(items: list[Item], scheme: str, num_clients: int, seed: int = 7, alpha: float = 0.5):
     """Dispatch to a scheme; returns the clients and the parameters worth recording."""
     if scheme == "iid":
@@ -106,7 +111,7 @@ def split(items: list[Item], scheme: str, num_clients: int, seed: int = 7, alpha
         return noniid(items, num_clients), {"seeds": [1234, 4321]}
     if scheme == "dirichlet":
         return dirichlet(items, num_clients, alpha, seed), {"seed": seed, "alpha": alpha}
-    raise ValueError(f"scheme={scheme!r}: expected iid, noniid or dirichlet")
+    raise ValueError(f"scheme={scheme!r}: expected {', '.join(SCHEMES)}")
 
 
 def item_name(name: str) -> str:
