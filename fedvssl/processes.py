@@ -1,5 +1,9 @@
 """Processes of a run: Ray processes that outlive a killed run, and memory use.
 
+Memory: :func:`rss_mb` (a process's resident memory), :func:`object_store_mb` (the pages of
+Ray's object store in it) and :func:`release_heap` (freed heap back to the OS), which the
+server and the clients call after every round.
+
 On SIGINT and SIGTERM, :func:`stop_on_signals` stops every process the run started
 and exits. A SIGKILLed run cannot: its Ray processes (GCS server, raylet, dashboard, workers) keep running. So
 while a simulation runs, a background thread records the PIDs of the processes the
@@ -11,6 +15,7 @@ alone. Linux only (``/proc``); elsewhere recording and cleanup do nothing.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -38,6 +43,49 @@ def rss_mb() -> float:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# Freed heap a process may keep before release_heap gives it back (MiB): large enough
+# that most rounds reuse their pages instead of faulting them in again, small beside a
+# model-sized round (a client's peak is about 1.6 GiB at the paper's backbone).
+HEAP_SLACK_MB = 256.0
+_kept_from: float | None = None  # this process's own memory right after its last trim
+
+
+def release_heap(slack_mb: float = HEAP_SLACK_MB) -> bool:
+    """Give the freed heap back to the OS once it exceeds ``slack_mb`` (glibc's ``malloc_trim``).
+
+    Every round frees several model-sized blocks (the replies, the aggregate, the
+    serialized messages), which glibc keeps in its heaps and arenas instead of returning
+    them; untrimmed, the server crept up by 18 MiB a round and a client process by 5
+    (``benchmarks/rehearsal.py``). Trimming every round kept both flat but cost about
+    0.7 s a round in the rehearsal, as each round then faulted its pages in anew. So the
+    trim runs when the process's own memory (RSS less Ray's object-store pages) has grown
+    ``slack_mb`` past what it was after the last trim: memory stays within that bound
+    over any number of rounds. Returns whether it trimmed; elsewhere than glibc, nothing.
+    """
+    global _kept_from
+    own = rss_mb() - object_store_mb()
+    if _kept_from is not None and own - _kept_from < slack_mb:
+        return False
+    with suppress(OSError, AttributeError):  # not glibc (macOS, musl): no such function
+        ctypes.CDLL(None).malloc_trim(0)
+    _kept_from = rss_mb() - object_store_mb()
+    return True
+
+
+def object_store_mb() -> float:
+    """Pages of Ray's shared-memory object store mapped into this process (``RssShmem``), in MiB; 0 off Linux.
+
+    They count in this process's RSS and in that of every other Ray process that mapped
+    them (Ray's documentation: subtract them from the RSS), and are bounded by the
+    object store's size.
+    """
+    try:
+        with open(PROC / "self" / "status") as f:
+            return next((int(line.split()[1]) / 1024 for line in f if line.startswith("RssShmem:")), 0.0)
+    except OSError:
+        return 0.0
 
 
 def _parent(pid: int) -> int | None:
@@ -166,23 +214,50 @@ def stop_on_signals() -> Iterator[None]:
     """
 
     def handler(signum: int, _frame) -> None:
+        # A failure handler that ran before this one may have armed an alarm that aborts the
+        # process (see init_keeping_handlers): the exit below must not race it.
+        signal.alarm(0)
         log.warning("%s: stopping the run and the processes it started", signal.Signals(signum).name)
         exit_stopping_descendants(128 + signum)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
     # ray.init replaces the SIGTERM handler with one that only raises SystemExit, after
     # which some of its processes outlive the run; keep ours in place while inside.
     try:
+        import ray
         import ray._private.utils as ray_utils
     except ImportError:
-        ray_utils = None
+        ray = ray_utils = None
     ray_setter = getattr(ray_utils, "set_sigterm_handler", None)
+    ray_init = getattr(ray, "init", None)
     if ray_setter is not None:
         ray_utils.set_sigterm_handler = lambda _handler: None
+    if ray_init is not None:
+
+        def init_keeping_handlers(*args, **kwargs):
+            """``ray.init``, after which this run's handlers own SIGINT and SIGTERM again.
+
+            Ray's core worker installs a C++ failure handler (Abseil's) for SIGTERM in the
+            driver: it prints a stack trace, arms a 3-second alarm that aborts the process,
+            and then passes the signal on to ours. On a busy machine the freezing and the
+            exit took longer than that, and the run ended by SIGABRT (or with status 1)
+            instead of 128 + signal, with some of its processes still running.
+            """
+            try:
+                return ray_init(*args, **kwargs)
+            finally:
+                if threading.current_thread() is threading.main_thread():
+                    for sig in signals:
+                        signal.signal(sig, handler)
+
+        ray.init = init_keeping_handlers
     try:
         yield
     finally:
         if ray_setter is not None:
             ray_utils.set_sigterm_handler = ray_setter
+        if ray_init is not None:
+            ray.init = ray_init
         for sig, old in previous.items():
             signal.signal(sig, old)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from helpers import ROOT, killing_group_after, left_in_group, process_group
 
 # A stand-in for a Ray driver: its core worker aborts the process as soon as the raylet dies,
@@ -44,3 +45,43 @@ def test_a_signal_stops_every_process_although_the_driver_aborts_when_one_dies(t
         # The handler ran to its end: it did not die half way through, by the abort.
         assert proc.wait(timeout=30) == 128 + signal.SIGTERM
         assert not left_in_group(proc.pid, within_s=10)
+
+
+# A real Ray driver inside ``stop_on_signals``, whose handler takes 5 s before it freezes
+# anything, as on a machine whose cores are busy with other work.
+RAY_DRIVER = """
+import sys, time
+import fedvssl.processes as processes
+
+freeze = processes.freeze_descendants
+processes.freeze_descendants = lambda: time.sleep(5) or freeze()
+with processes.stop_on_signals():
+    import ray
+
+    ray.init(include_dashboard=False, num_cpus=1, logging_level="error")
+    open(sys.argv[1], "w").close()
+    time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_a_slow_handler_still_exits_by_the_signal_after_ray_started(tmp_path, flower_env):
+    """Ray's C++ failure handler for SIGTERM aborts the driver 3 s after it ran: it must not be in the way."""
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RAY_DRIVER, str(ready)],
+        cwd=ROOT,
+        env=flower_env,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    with killing_group_after(proc.pid):
+        deadline = time.time() + 120
+        while not ready.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert ready.exists(), proc.stderr.read() if proc.poll() is not None else "Ray did not start"
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM  # not SIGABRT (-6) from the alarm
+        assert "SIGTERM received" not in proc.stderr.read()  # Ray's handler did not see the signal
+        assert not left_in_group(proc.pid, within_s=30)
