@@ -60,6 +60,12 @@ def validate(cfg: DictConfig) -> None:
         get_class(settings.pop("_target_")).check_settings(num_clients=n, **settings)
     except (ValueError, TypeError, ImportError, AttributeError) as e:
         raise ConfigError(str(e)) from None
+    attack = cfg.get("fault", {}).get("attack")
+    if attack is not None:  # checked by its class, as the strategy is
+        try:
+            instantiate(attack).check(n)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(str(e).splitlines()[0]) from None
     if cfg.get("monitor") and cfg.monitor.every != 0:  # checked by its class, as the strategy is
         monitor = OmegaConf.to_container(cfg.monitor, resolve=True)
         try:
@@ -80,6 +86,14 @@ def validate(cfg: DictConfig) -> None:
     _integer(cfg.input.clip_len, "input.clip_len", 1)
     _integer(cfg.input.crop_size, "input.crop_size", 16)
     _integer(cfg.train.batch_size, "train.batch_size", 1)
+    tuning = cfg.finetune.training  # checked now, not after the pretraining rounds
+    _integer(tuning.batch_size, "finetune.training.batch_size", 1)
+    _integer(tuning.get("accumulate", 1), "finetune.training.accumulate", 1)
+    _check(
+        tuning.batch_size % tuning.get("accumulate", 1) == 0,
+        f"finetune.training.accumulate={tuning.get('accumulate')} must divide "
+        f"finetune.training.batch_size={tuning.batch_size} (the clips per optimizer step)",
+    )
     _integer(cfg.checkpoints.keep_last, "checkpoints.keep_last", 1)
     _integer(cfg.checkpoints.keep_every, "checkpoints.keep_every", 0)
     device = str(cfg.runtime.device)

@@ -6,12 +6,13 @@ import os
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from fedvssl.config import CONFIG_KEY, build_method, from_yaml
 from fedvssl.federated.records import LazyArrays, is_in_memory, reply_record
-from fedvssl.federated.strategy import object_store_mb, release_heap
 from fedvssl.federated.training import local_train
+from fedvssl.processes import object_store_mb, release_heap
 from fedvssl.settings import client_settings
 
 app = ClientApp()
@@ -55,6 +56,9 @@ def train(msg: Message, context: Context) -> Message:
     shared, metrics = local_train(
         client_settings(cfg), build_method(cfg), partition_id, int(config["server-round"]), received
     )
+    attack = instantiate(cfg.fault.attack) if cfg.get("fault", {}).get("attack") else None
+    if attack is not None and attack.applies(partition_id):  # benchmarks/poisoning.py
+        shared, metrics = attack(shared, received, metrics, (cfg.seed, int(config["server-round"]), partition_id))
     metrics["partition-id"] = partition_id
     # Where the client ran: the GPU Ray gave its process, and the process (one actor serves several clients).
     metrics["gpu"] = visible_gpu()
