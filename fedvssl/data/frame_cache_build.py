@@ -135,6 +135,32 @@ class BuildSummary:
 Progress = Callable[[str], None]
 
 
+def _build_all(
+    todo: list[str], folder: str | Path, manifest: Manifest, workers: int, record: Callable[[Built], None]
+) -> None:
+    """Build the entries of ``todo`` in ``workers`` processes (0: in this one), passing each result to ``record``."""
+    if todo and workers == 0:  # in this process: small lists and tests (no process start-up)
+        threads = torch.get_num_threads()
+        _init_worker()
+        try:
+            for path in todo:
+                record(build_entry(path, folder, manifest))
+        finally:
+            torch.set_num_threads(threads)
+    elif todo:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+            pending: set[Future] = set()
+            for path in todo:
+                pending.add(pool.submit(build_entry, path, folder, manifest))
+                if len(pending) >= 4 * workers:  # a few tasks ahead of the workers, not 240,000
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in finished:
+                        record(f.result())
+            for f in pending:
+                record(f.result())
+
+
 def build_cache(
     paths: Sequence[str], folder: str | Path, manifest: Manifest, workers: int, progress: Progress = print
 ) -> BuildSummary:
@@ -178,26 +204,7 @@ def build_cache(
             )
             write_failures(folder, failures)  # an interrupted build keeps what it learnt
 
-    if todo and workers == 0:  # in this process: small lists and tests (no process start-up)
-        threads = torch.get_num_threads()
-        _init_worker()
-        try:
-            for path in todo:
-                record(build_entry(path, folder, manifest))
-        finally:
-            torch.set_num_threads(threads)
-    elif todo:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-            pending: set[Future] = set()
-            for path in todo:
-                pending.add(pool.submit(build_entry, path, folder, manifest))
-                if len(pending) >= 4 * workers:  # a few tasks ahead of the workers, not 240,000
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for f in finished:
-                        record(f.result())
-            for f in pending:
-                record(f.result())
+    _build_all(todo, folder, manifest, workers, record)
     write_failures(folder, failures)
     summary.seconds = time.perf_counter() - start
     return summary

@@ -87,6 +87,53 @@ def detected_gpus() -> int:
     return torch.cuda.device_count()
 
 
+def _gpu_share(share: object) -> float:
+    if not isinstance(share, (int, float)) or isinstance(share, bool) or share < 0:
+        raise ConfigError(f"runtime.num_gpus_per_client={share} must be a number >= 0")
+    if share > 1 and share != int(share):
+        # Ray's rule: a fraction shares one GPU; more than one GPU per actor must be whole GPUs.
+        raise ConfigError(
+            f"runtime.num_gpus_per_client={share} must be at most 1 (a share of one GPU) or a whole number of GPUs"
+        )
+    return float(share)
+
+
+def _private_instance(rt: Mapping, init: dict, cpus_per_client: int, share: float, workers: int) -> None:
+    """Size the private Ray instance in ``init``, and check that the clients that train at once fit in it."""
+    cpus, gpus, store_mb = rt.get("num_cpus"), rt.get("num_gpus"), rt.get("object_store_mb")
+    if store_mb is not None:
+        # Every model message passes through Ray's object store, whose pages count in the
+        # RSS of each process that maps them; by default it may take 30% of the memory.
+        # Ray refuses less than 75 MiB; a round needs room for its messages in flight.
+        init["object_store_memory"] = _count(store_mb, "runtime.object_store_mb", 100) * 2**20
+    # Ray can be told of more CPUs or GPUs than exist (its resources are logical); Ray then
+    # still gives each actor its share and CUDA_VISIBLE_DEVICES.
+    if cpus is not None:
+        init["num_cpus"] = _count(cpus, "runtime.num_cpus", 1)
+    if gpus is not None:
+        init["num_gpus"] = _count(gpus, "runtime.num_gpus", 0)
+    cpus_named = f"runtime.num_cpus={cpus}" if cpus is not None else f"the {os.cpu_count()} CPUs here"
+    cpus = (os.cpu_count() or 1) if cpus is None else cpus
+    gpus_named = f"runtime.num_gpus={gpus}" if gpus is not None else "the GPUs detected here"
+    if share > 0 and gpus is None:
+        gpus = detected_gpus()
+    if cpus_per_client > cpus:
+        raise ConfigError(f"runtime.num_cpus_per_client={cpus_per_client} is more than the run has ({cpus_named})")
+    at_once = cpus // cpus_per_client
+    if share > 0:
+        if share > gpus:
+            raise ConfigError(f"runtime.num_gpus_per_client={share:g} is more than the run has ({gpus_named}: {gpus})")
+        # A share must fit on one GPU: floor(1 / share) actors per GPU (rounded first, as Ray
+        # counts shares in units of 1/10000 and 1 / 0.1 is not exact), or whole GPUs each.
+        per_gpu = int(round(1 / share, 4)) if share <= 1 else 0
+        at_once = min(at_once, gpus * per_gpu if share <= 1 else int(gpus // share))
+    if at_once * workers > cpus:
+        raise ConfigError(
+            f"runtime.num_workers={workers}: {at_once} clients train at once, with {at_once * workers} "
+            f"loader workers on {cpus_named}; lower it, or raise runtime.num_cpus_per_client"
+        )
+
+
 def simulation_backend(rt: Mapping) -> dict:
     """Flower's backend config (Ray's init args, one client's resources), checked as a whole.
 
@@ -100,59 +147,18 @@ def simulation_backend(rt: Mapping) -> dict:
     cpus_per_client = _count(rt.num_cpus_per_client, "runtime.num_cpus_per_client", 1)
     workers = _count(rt.num_workers, "runtime.num_workers", 0)
     _count(rt.get("prefetch_factor", 2), "runtime.prefetch_factor", 1)
-    share = rt.num_gpus_per_client
-    if not isinstance(share, (int, float)) or isinstance(share, bool) or share < 0:
-        raise ConfigError(f"runtime.num_gpus_per_client={share} must be a number >= 0")
-    if share > 1 and share != int(share):
-        # Ray's rule: a fraction shares one GPU; more than one GPU per actor must be whole GPUs.
-        raise ConfigError(
-            f"runtime.num_gpus_per_client={share} must be at most 1 (a share of one GPU) or a whole number of GPUs"
-        )
-    cpus, gpus = rt.get("num_cpus"), rt.get("num_gpus")
-    store_mb = rt.get("object_store_mb")
+    share = _gpu_share(rt.num_gpus_per_client)
     init = ray_init_args(address)
-    if address:
-        if cpus is not None or gpus is not None or store_mb is not None:
-            raise ConfigError(
-                f"runtime.num_cpus={cpus} / runtime.num_gpus={gpus} / runtime.object_store_mb={store_mb} size a "
-                "private Ray instance; with runtime.ray_address they must stay null (a cluster's are its nodes' "
-                "--num-cpus / --num-gpus / --object-store-memory)"
-            )
-    else:
-        if store_mb is not None:
-            # Every model message passes through Ray's object store, whose pages count in the
-            # RSS of each process that maps them; by default it may take 30% of the memory.
-            # Ray refuses less than 75 MiB; a round needs room for its messages in flight.
-            init["object_store_memory"] = _count(store_mb, "runtime.object_store_mb", 100) * 2**20
-        # Ray can be told of more CPUs or GPUs than exist (its resources are logical); Ray then
-        # still gives each actor its share and CUDA_VISIBLE_DEVICES.
-        if cpus is not None:
-            init["num_cpus"] = _count(cpus, "runtime.num_cpus", 1)
-        if gpus is not None:
-            init["num_gpus"] = _count(gpus, "runtime.num_gpus", 0)
-        cpus_named = f"runtime.num_cpus={cpus}" if cpus is not None else f"the {os.cpu_count()} CPUs here"
-        cpus = (os.cpu_count() or 1) if cpus is None else cpus
-        gpus_named = f"runtime.num_gpus={gpus}" if gpus is not None else "the GPUs detected here"
-        if share > 0 and gpus is None:
-            gpus = detected_gpus()
-        if cpus_per_client > cpus:
-            raise ConfigError(f"runtime.num_cpus_per_client={cpus_per_client} is more than the run has ({cpus_named})")
-        at_once = cpus // cpus_per_client
-        if share > 0:
-            if share > gpus:
-                raise ConfigError(
-                    f"runtime.num_gpus_per_client={share} is more than the run has ({gpus_named}: {gpus})"
-                )
-            # A share must fit on one GPU: floor(1 / share) actors per GPU (rounded first, as Ray
-            # counts shares in units of 1/10000 and 1 / 0.1 is not exact), or whole GPUs each.
-            per_gpu = int(round(1 / share, 4)) if share <= 1 else 0
-            at_once = min(at_once, gpus * per_gpu if share <= 1 else int(gpus // share))
-        if at_once * workers > cpus:
-            raise ConfigError(
-                f"runtime.num_workers={workers}: {at_once} clients train at once, with {at_once * workers} "
-                f"loader workers on {cpus_named}; lower it, or raise runtime.num_cpus_per_client"
-            )
-    return {"client_resources": {"num_cpus": cpus_per_client, "num_gpus": float(share)}, "init_args": init}
+    if not address:
+        _private_instance(rt, init, cpus_per_client, share, workers)
+    elif any(rt.get(k) is not None for k in ("num_cpus", "num_gpus", "object_store_mb")):
+        raise ConfigError(
+            f"runtime.num_cpus={rt.get('num_cpus')} / runtime.num_gpus={rt.get('num_gpus')} / "
+            f"runtime.object_store_mb={rt.get('object_store_mb')} size a private Ray instance; with "
+            "runtime.ray_address they must stay null (a cluster's are its nodes' --num-cpus / --num-gpus / "
+            "--object-store-memory)"
+        )
+    return {"client_resources": {"num_cpus": cpus_per_client, "num_gpus": share}, "init_args": init}
 
 
 def quiet_flower_console() -> None:

@@ -68,26 +68,8 @@ def check_hosts(hosts: list[str]) -> None:
                 raise ValueError(f"--host {host!r} is neither an IP address nor a DNS name") from None
 
 
-def make_certificates(out: Path, hosts: list[str] | tuple[str, ...] = DEFAULT_HOSTS, nodes: int = 2) -> list[Path]:
-    """Write the CA, the SuperLink's certificate for ``hosts`` and ``nodes`` SuperNode key pairs into ``out``.
-
-    Refuses to overwrite: an existing file of the same name raises ``FileExistsError``, so
-    a deployment's CA is never replaced by accident. Returns the files written.
-    """
-    hosts = list(hosts)
-    check_hosts(hosts)
-    if not hosts:
-        raise ValueError("give at least one --host")
-    if nodes < 0:
-        raise ValueError(f"--nodes {nodes} must be 0 or more")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    names = ["ca.crt", "ca.key", "server.pem", "server.key"]
-    names += [f"node-{k}.{ext}" for k in range(nodes) for ext in ("key", "pub")]
-    taken = [n for n in names if (out / n).exists()]
-    if taken:
-        raise FileExistsError(f"{out / taken[0]} exists; give an empty folder as --out")
-
+def _authority_and_server(hosts: list[str]) -> tuple:
+    """A new CA (key, self-signed certificate) and the SuperLink's key and certificate for ``hosts``, signed by it."""
     now = datetime.datetime.now(datetime.UTC)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=VALID_DAYS)
 
@@ -124,6 +106,30 @@ def make_certificates(out: Path, hosts: list[str] | tuple[str, ...] = DEFAULT_HO
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    return ca_key, ca_cert, server_key, server_cert
+
+
+def make_certificates(out: Path, hosts: list[str] | tuple[str, ...] = DEFAULT_HOSTS, nodes: int = 2) -> list[Path]:
+    """Write the CA, the SuperLink's certificate for ``hosts`` and ``nodes`` SuperNode key pairs into ``out``.
+
+    Refuses to overwrite: an existing file of the same name raises ``FileExistsError``, so
+    a deployment's CA is never replaced by accident. Returns the files written.
+    """
+    hosts = list(hosts)
+    check_hosts(hosts)
+    if not hosts:
+        raise ValueError("give at least one --host")
+    if nodes < 0:
+        raise ValueError(f"--nodes {nodes} must be 0 or more")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = ["ca.crt", "ca.key", "server.pem", "server.key"]
+    names += [f"node-{k}.{ext}" for k in range(nodes) for ext in ("key", "pub")]
+    taken = [n for n in names if (out / n).exists()]
+    if taken:
+        raise FileExistsError(f"{out / taken[0]} exists; give an empty folder as --out")
+
+    ca_key, ca_cert, server_key, server_cert = _authority_and_server(hosts)
 
     written = []
 
