@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from fedvssl.config import CONF_DIR, validate
-from fedvssl.errors import one_line_errors
+from fedvssl.errors import CheckpointError, one_line_errors
 from fedvssl.run_folder import RunFolder
 
 
@@ -26,7 +26,8 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from fedvssl.downstream.evaluate import checkpoint_and_control, evaluate_states
-    from fedvssl.reports.tables import results_markdown
+    from fedvssl.downstream.retrieval import NonFiniteFeatures, bad_tensor
+    from fedvssl.reports.tables import precision_record, results_markdown
     from fedvssl.run_setup import generate_data
     from fedvssl.settings import evaluation_settings
 
@@ -35,11 +36,19 @@ def main(cfg: DictConfig) -> None:
     checkpoint = cfg.get("checkpoint")
     settings = evaluation_settings(cfg)
     states = checkpoint_and_control(settings, checkpoint)
+    # A checkpoint comes from outside: NaN in, NaN scores out, unless stopped here.
+    if checkpoint and (problem := bad_tensor(states["pretrained"])):
+        raise CheckpointError(f"{checkpoint}: {problem}")
     start = time.perf_counter()
-    results = evaluate_states(settings, states)
+    try:
+        results = evaluate_states(settings, states)
+    except NonFiniteFeatures as e:
+        raise CheckpointError(f"{checkpoint or 'the random-init backbone'}: {e}") from None
     results["run"] = {
         "checkpoint": str(checkpoint) if checkpoint else None,
         "overrides": list(HydraConfig.get().overrides.task),
+        "experiment": HydraConfig.get().runtime.choices.get("experiment"),  # the +experiment= preset, if any
+        "precision": precision_record(cfg.runtime, None),  # no transfer: nothing is federated here
         "wall_time_s": {"evaluation_s": round(time.perf_counter() - start, 2)},
     }
     text = results_markdown(results, list(cfg.finetune.retrieval.ks), next(iter(states)))

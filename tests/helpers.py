@@ -157,3 +157,88 @@ def one_error_line(proc) -> str:
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert len(errors) == 1, proc.stderr[-3000:]
     return errors[0]
+
+
+def stamp_task_identity(monkeypatch) -> None:
+    """Stamp messages with the running task's ids, as inside a ServerApp process (use in an autouse fixture)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+
+
+class StaticGrid:
+    """What the strategy asks of a Grid before training: node ids, and each node's partition id (its rank)."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+        self.queries = 0
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+    def partition(self, node: int) -> int:
+        return sorted(self.nodes).index(node)
+
+    def send_and_receive(self, messages, timeout=None):
+        from flwr.app import Message, MetricRecord, RecordDict
+
+        self.queries += 1
+        replies = []
+        for m in messages:
+            assert m.metadata.message_type == "query"
+            content = RecordDict({"metrics": MetricRecord({"partition-id": self.partition(m.metadata.dst_node_id)})})
+            replies.append(Message(content=content, reply_to=m))
+        return replies
+
+
+def train_reply(msg, state: dict, loss, n, pid, transfer_dtype: str = "float32", received: dict | None = None):
+    """A client's reply to a train message: its tensors (as records.reply_record makes them) and the three metrics."""
+    from flwr.app import Message, MetricRecord, RecordDict
+
+    from fedvssl.federated.records import reply_record
+
+    metrics = MetricRecord({"train-loss": loss, "num-examples": n, "partition-id": pid})
+    arrays = reply_record(state, received if received is not None else state, transfer_dtype, False)
+    return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+
+class InProcessFederation(StaticGrid):
+    """A Grid whose nodes run this package's ClientApp in this process, one message after the other.
+
+    The run's real ServerApp (its strategy, checkpoints, history) and real ClientApp (local
+    training, heads) exchange real Flower messages through it; what it leaves out is Ray's
+    transport, which the tests that run ``fedvssl.main`` on Ray cover. Node i holds partition i.
+    Use it with ``stamp_task_identity``, as messages are made outside a ServerApp process.
+    """
+
+    def __init__(self, num_clients: int):
+        super().__init__([1000 + i for i in range(num_clients)])
+
+    def send_and_receive(self, messages, timeout=None):
+        from flwr.app import Context, RecordDict
+
+        from fedvssl.federated.client_app import app
+
+        replies = []
+        for m in messages:
+            node = m.metadata.dst_node_id
+            config = {"partition-id": self.partition(node), "num-partitions": len(self.nodes)}
+            context = Context(run_id=1, node_id=node, node_config=config, state=RecordDict(), run_config={})
+            replies.append(app(m, context))
+        return replies
+
+
+def simulate_in_process(cfg) -> None:
+    """``fedvssl.main.simulate``'s work (the ServerApp over ``partition.num_clients`` nodes) in this process."""
+    import torch
+    from flwr.app import Context, RecordDict
+
+    from fedvssl.federated.server_app import main as server_main
+
+    threads = torch.get_num_threads()  # a client sets runtime.torch_threads for its process
+    try:
+        grid = InProcessFederation(cfg.partition.num_clients)
+        server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
+    finally:
+        torch.set_num_threads(threads)

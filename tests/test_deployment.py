@@ -70,7 +70,9 @@ class Federation:
         )
         wait_for_port(self.port)
 
-    def supernode(self, name: str, partition: int, partitions: int, *security: str | Path) -> subprocess.Popen:
+    def supernode(
+        self, name: str, partition: int, partitions: int, *security: str | Path, node_config: str = ""
+    ) -> subprocess.Popen:
         return self.start(
             name,
             BIN / "flower-supernode",
@@ -80,7 +82,7 @@ class Federation:
             "--port",
             str(free_port()),
             "--node-config",
-            f"partition-id={partition} num-partitions={partitions}",
+            f"partition-id={partition} num-partitions={partitions} {node_config}".strip(),
         )
 
     def connection(self, name: str, **keys: str | bool) -> None:
@@ -97,11 +99,11 @@ class Federation:
             [BIN / "flwr", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
         )
 
-    def run(self, connection: str, config_path: Path) -> subprocess.Popen:
-        """``flwr run`` in the background; it ends when the run ends (``--stream``)."""
+    def run(self, connection: str, config_path: Path, app: str | Path = ".") -> subprocess.Popen:
+        """``flwr run`` of ``app`` (the project's apps) in the background; it ends when the run ends (``--stream``)."""
         with open(self.logs / "flwr-run.log", "w") as out:
             proc = subprocess.Popen(
-                [BIN / "flwr", "run", ".", connection, "--run-config", f"config-path='{config_path}'", "--stream"],
+                [BIN / "flwr", "run", str(app), connection, "--run-config", f"config-path='{config_path}'", "--stream"],
                 cwd=ROOT,
                 env=self.env,
                 stdout=out,
@@ -322,4 +324,28 @@ def test_supernode_killed_mid_round(tmp_path, flower_env, world, federation):
     assert timeout_s <= third["time_s"] < timeout_s + 20  # plus the push and Flower's 3 s polling
     assert "round 3 timed out after" in text and "no reply from client(s) [1]" in text
     final = load_npz(run / "checkpoints" / "round-3.npz")
+    assert len(final) == 120 and all(np.isfinite(v).all() for v in final.values())
+
+
+def test_a_hostile_supernode_cannot_break_the_run(tmp_path, flower_env, world, federation):
+    """One SuperNode replies a NaN in round 1 and a wrong-shaped tensor in round 2 (tests/hostile-app).
+
+    Both replies are that client's failures, with their reasons; the run completes on the
+    honest client's replies and its final model is finite.
+    """
+    run, config_path = prepare(tmp_path, flower_env, world, "partition.num_clients=2", "num_rounds=2")
+    federation.superlink()
+    federation.supernode("honest", 0, 2)
+    federation.supernode("hostile", 1, 2, node_config="hostile=true")
+    federation.connection("loopback", insecure=True)
+    federation.run("loopback", config_path, app=ROOT / "tests" / "hostile-app")
+    text = finish(federation, run, 2)
+    history = json.loads((run / "history.json").read_text())
+    assert [h["round"] for h in history] == [1, 2] and all(h["partition_ids"] == [0] for h in history)
+    (nan,), (shape,) = (h["failures"] for h in history)
+    assert nan["partition_id"] == shape["partition_id"] == 1
+    assert nan["reason"].startswith("rejected: tensor backbone.") and "holds non-finite values" in nan["reason"]
+    assert shape["reason"].startswith("rejected: tensor backbone.") and "has shape (3,) where" in shape["reason"]
+    assert f"round 2: client 1 failed: {shape['reason']}" in text
+    final = load_npz(run / "checkpoints" / "round-2.npz")
     assert len(final) == 120 and all(np.isfinite(v).all() for v in final.values())

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.superlink.grid import InMemoryGrid
-from helpers import assert_within_bf16_rounding, r3d_backbone_state
+from helpers import StaticGrid, assert_within_bf16_rounding, r3d_backbone_state
 
 from fedvssl.federated.records import is_in_memory, numpy_to_record, record_to_numpy, reply_record
 from fedvssl.federated.strategy import FedVSSL
@@ -20,27 +20,6 @@ def task_identity(monkeypatch):
 
     for attr in ("_run_id", "_node_id", "_task_id"):
         monkeypatch.setattr(TaskIdentity, attr, 1)
-
-
-class StaticGrid:
-    """What the strategy asks of a Grid before training: node ids, and each node's partition id."""
-
-    def __init__(self, nodes):
-        self.nodes = nodes
-        self.queries = 0
-
-    def get_node_ids(self):
-        return list(self.nodes)
-
-    def send_and_receive(self, messages, timeout=None):
-        self.queries += 1
-        replies = []
-        for m in messages:
-            assert m.metadata.message_type == "query"
-            pid = sorted(self.nodes).index(m.metadata.dst_node_id)
-            content = RecordDict({"metrics": MetricRecord({"partition-id": pid})})
-            replies.append(Message(content=content, reply_to=m))
-        return replies
 
 
 def make_strategy(tmp_path, alpha=0.9, beta=1, k=2, n=3):
@@ -509,7 +488,7 @@ def test_a_failed_background_write_stops_the_run(tmp_path, monkeypatch):
 
 
 def test_the_freed_heap_is_given_back_once_it_passes_the_slack(monkeypatch):
-    from fedvssl.federated import strategy as strategy_module
+    from fedvssl import processes
 
     own, trims = [1000.0], []
 
@@ -518,12 +497,12 @@ def test_the_freed_heap_is_given_back_once_it_passes_the_slack(monkeypatch):
             trims.append(pad)
             own[0] = 1000.0  # the freed heap is back with the OS
 
-    monkeypatch.setattr(strategy_module.ctypes, "CDLL", lambda name: Libc())
-    monkeypatch.setattr(strategy_module, "rss_mb", lambda: own[0])
-    monkeypatch.setattr(strategy_module, "object_store_mb", lambda: 0.0)
-    monkeypatch.setattr(strategy_module, "_kept_from", None)
-    assert strategy_module.release_heap(slack_mb=100) and len(trims) == 1  # the first call sets the baseline
+    monkeypatch.setattr(processes.ctypes, "CDLL", lambda name: Libc())
+    monkeypatch.setattr(processes, "rss_mb", lambda: own[0])
+    monkeypatch.setattr(processes, "object_store_mb", lambda: 0.0)
+    monkeypatch.setattr(processes, "_kept_from", None)
+    assert processes.release_heap(slack_mb=100) and len(trims) == 1  # the first call sets the baseline
     own[0] = 1090.0
-    assert not strategy_module.release_heap(slack_mb=100) and len(trims) == 1  # within the slack: pages kept
+    assert not processes.release_heap(slack_mb=100) and len(trims) == 1  # within the slack: pages kept
     own[0] = 1150.0
-    assert strategy_module.release_heap(slack_mb=100) and len(trims) == 2 and own[0] == 1000.0
+    assert processes.release_heap(slack_mb=100) and len(trims) == 2 and own[0] == 1000.0

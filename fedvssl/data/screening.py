@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedvssl.data.annotations import VideoRecord
+from fedvssl.data.client_dist import OUTSIDE_ROOT, outside_root
 from fedvssl.data.frame_cache import NOT_CACHED, STALE, entry_status, read_failures
 from fedvssl.data.video import VideoReader, make_reader
 from fedvssl.errors import DataError
@@ -47,7 +48,8 @@ class ScreeningSettings:
 class Problem:
     name: str
     path: str
-    reason: str  # missing | empty | undecodable | too short | not in the frame cache | stale in the frame cache
+    # missing | outside the dataset root | empty | undecodable | too short | not in / stale in the frame cache
+    reason: str
 
 
 def probe(reader: VideoReader, path: str) -> int:
@@ -101,7 +103,7 @@ def screen(
     to_look_up: list[tuple[int, str, os.stat_result]] = []
     for i, r in enumerate(records):
         if not r.path or not os.path.isfile(r.path):
-            status[i] = "missing"
+            status[i] = OUTSIDE_ROOT if not r.path and outside_root(r.name) else "missing"
             continue
         st = os.stat(r.path)
         if st.st_size == 0:

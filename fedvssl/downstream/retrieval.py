@@ -5,20 +5,41 @@ to 2x3x3 (9,216-d for R3D-18). Test videos query the train videos; the ranking i
 cosine similarity (the query norm does not change a row's order, so only the
 gallery is normalised, as in the reference). R@k is the percentage of queries
 with at least one same-class video among their top k.
+
+A checkpoint comes from outside: a backbone whose tensors hold NaN or Inf, or negative
+BatchNorm variances (:func:`bad_tensor`), or whose descriptors are not finite
+(:class:`NonFiniteFeatures`), stops the evaluation instead of scoring NaN.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from fedvssl.errors import DataError
 from fedvssl.models.precision import FP32, Precision, autocast, prepare, to_input
 
 RETRIEVAL_POOL = (2, 3, 3)
+
+
+class NonFiniteFeatures(DataError):
+    """A backbone whose video descriptors hold NaN or Inf; the message names the backbone and the first video."""
+
+
+def bad_tensor(state: Mapping[str, np.ndarray]) -> str | None:
+    """What is wrong with the first backbone tensor that cannot give finite features, if any."""
+    for key, value in state.items():
+        v = np.asarray(value)
+        if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
+            return f"tensor {key} holds non-finite values (NaN or Inf)"
+        if key.endswith("running_var") and np.any(v < 0):
+            return f"tensor {key} holds negative BatchNorm variances, which give non-finite features"
+    return None
 
 
 @torch.inference_mode()
@@ -40,9 +61,11 @@ def extract_features(
     pool = nn.AdaptiveAvgPool3d(RETRIEVAL_POOL)
     feats: dict[str, list[torch.Tensor]] = {tag: [] for tag in backbones}
     labels = []
+    seen = 0  # videos of the loader's dataset before this batch (it is not shuffled)
     for batch in tqdm(loader, desc="features", disable=not progress, leave=False):
         keep = torch.as_tensor(batch["bad"]) < 0  # undecodable videos are left out
         views = batch["imgs"][keep]
+        seen += len(keep)
         if len(views) == 0:
             continue
         b, c = views.shape[:2]
@@ -51,8 +74,19 @@ def extract_features(
             with autocast(precision, device):
                 out = backbone(clips)
             feats[tag].append(pool(out.float()).flatten(1).view(b, c, -1).mean(1).cpu())
+            _check_finite(tag, feats[tag][-1], keep, seen - len(keep), loader.dataset)
         labels.append(torch.as_tensor(batch["label"])[keep])
     return {tag: torch.cat(f) for tag, f in feats.items()}, torch.cat(labels)
+
+
+def _check_finite(tag: str, features: torch.Tensor, keep: torch.Tensor, first: int, dataset: object) -> None:
+    """Stop at a batch whose descriptors are not finite, naming the first such video (``first``: the batch's start)."""
+    bad = ~torch.isfinite(features).all(1)
+    if bad.any():
+        index = first + int(torch.nonzero(keep)[int(torch.nonzero(bad)[0])])
+        records = getattr(dataset, "records", None)
+        video = records[index].name if records is not None else f"#{index}"
+        raise NonFiniteFeatures(f"the {tag} backbone gives non-finite retrieval features (first: video {video})")
 
 
 def recall_at_k(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
@@ -10,6 +11,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from fedvssl.config import CONFIG_KEY, build_method, client_config, server_config, to_yaml
+from fedvssl.data.client_dist import partition_sizes
+from fedvssl.data.partitions import PUBLISHED
 from fedvssl.federated.records import numpy_to_record
 from fedvssl.federated.training import shared_keys, state_to_numpy
 from fedvssl.run_folder import RunFolder
@@ -61,6 +64,9 @@ def main(grid: Grid, context: Context) -> None:
         progress_rounds=cfg.num_rounds if cfg.runtime.progress else 0,
         keep_last=cfg.checkpoints.keep_last,
         keep_every=cfg.checkpoints.keep_every,
+        # What bounds each reply's num-examples (see FedVSSL.expected).
+        partition_sizes=partition_sizes(Path(cfg.partition.dir), cfg.partition.num_clients),
+        published_partitions=cfg.partition.scheme == PUBLISHED,
         **observers(cfg, done),
         _convert_="all",
     )

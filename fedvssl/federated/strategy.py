@@ -1,28 +1,29 @@
 """The FedVSSL strategy on Flower's Message API.
 
 It subclasses Flower's ``FedAvg`` (public API only) and replaces sampling (seeded)
-and aggregation, whose two decisions are hooks: ``client_weights`` (alpha) and
-``server_step`` (beta), see ``aggregation.py``. It keeps the previous global model in memory for the beta
-step and writes one checkpoint and one history entry per round.
+and aggregation, whose three decisions are hooks: ``client_weights`` (alpha),
+``combine`` (the weighted average) and ``server_step`` (beta), see ``aggregation.py``.
+It keeps the previous global model in memory for the beta step and writes one
+checkpoint and one history entry per round.
 
-Two optional observers watch a long run: a ``logger`` (``logger=tensorboard``) gets
-every round's history entry, and a ``monitor`` (``monitor.every``) scores the global
-model every few rounds through Flower's server-side ``evaluate_fn``. Both are built
-outside this module (by Hydra ``_target_``), so the federated stage never imports
-the downstream evaluation or the reports.
+A round's aggregation runs in named steps: :meth:`FedVSSL.receive` (failures, timeouts,
+the replies that count, in partition order), :meth:`FedVSSL.weigh`, :meth:`FedVSSL.combine`,
+:meth:`FedVSSL.server_step`, :meth:`FedVSSL.history_entry` and :meth:`FedVSSL.finish_round`
+(files, logger, console, memory).
+
+Two optional observers watch a long run (``observers.py``): a ``logger`` gets every
+round's history entry, and a ``monitor`` scores the global model every few rounds
+through Flower's server-side ``evaluate_fn``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import random
-import re
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import suppress
-from typing import Protocol
+from numbers import Integral
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -31,7 +32,9 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.superlink.grid import InMemoryGrid
 from tqdm import tqdm
 
-from fedvssl.federated.aggregation import beta_step, client_weights, weighted_average
+from fedvssl.federated.aggregation import beta_step, client_weights, update_norm, weighted_average
+from fedvssl.federated.bounds import Bounds, ScaledUpdate, cap_weights, clip_losses, norm_bound
+from fedvssl.federated.observers import Monitor, RoundLogger, leaves
 from fedvssl.federated.records import (
     BF16,
     TRANSFER_DTYPES,
@@ -40,114 +43,11 @@ from fedvssl.federated.records import (
     numpy_to_record,
     record_to_numpy,
 )
-from fedvssl.processes import rss_mb
+from fedvssl.federated.replies import Expected, Rejected, Reply, check, failure, short_reason, single, sort_out
+from fedvssl.processes import object_store_mb, release_heap, rss_mb
 from fedvssl.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
-_NORM_CHUNK = 1 << 16  # elements per step of update_norm (256 KiB of float32)
-
-
-# Freed heap a process may keep before release_heap gives it back (MiB): large enough
-# that most rounds reuse their pages instead of faulting them in again, small beside a
-# model-sized round (a client's peak is about 1.6 GiB at the paper's backbone).
-HEAP_SLACK_MB = 256.0
-_kept_from: float | None = None  # this process's own memory right after its last trim
-
-
-def release_heap(slack_mb: float = HEAP_SLACK_MB) -> bool:
-    """Give the freed heap back to the OS once it exceeds ``slack_mb`` (glibc's ``malloc_trim``).
-
-    Every round frees several model-sized blocks (the replies, the aggregate, the
-    serialized messages), which glibc keeps in its heaps and arenas instead of returning
-    them; untrimmed, the server crept up by 18 MiB a round and a client process by 5
-    (``benchmarks/rehearsal.py``). Trimming every round kept both flat but cost about
-    0.7 s a round in the rehearsal, as each round then faulted its pages in anew. So the
-    trim runs when the process's own memory (RSS less Ray's object-store pages) has grown
-    ``slack_mb`` past what it was after the last trim: memory stays within that bound
-    over any number of rounds. Returns whether it trimmed; elsewhere than glibc, nothing.
-    """
-    global _kept_from
-    own = rss_mb() - object_store_mb()
-    if _kept_from is not None and own - _kept_from < slack_mb:
-        return False
-    with suppress(OSError, AttributeError):  # not glibc (macOS, musl): no such function
-        ctypes.CDLL(None).malloc_trim(0)
-    _kept_from = rss_mb() - object_store_mb()
-    return True
-
-
-def object_store_mb() -> float:
-    """Pages of Ray's shared-memory object store mapped into this process (``RssShmem``), in MiB; 0 off Linux.
-
-    They count in this process's RSS and in that of every other Ray process that mapped
-    them (Ray's documentation: subtract them from the RSS), and are bounded by the
-    object store's size.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            return next((int(line.split()[1]) / 1024 for line in f if line.startswith("RssShmem:")), 0.0)
-    except OSError:
-        return 0.0
-
-
-class Monitor(Protocol):
-    """What the strategy asks of a monitor (``fedvssl.downstream.monitor.RetrievalMonitor``)."""
-
-    every: int  # score the global model after every ``every``-th round
-
-    def __call__(self, state: Mapping[str, np.ndarray]) -> dict:
-        """Scores of the global model's shared tensors, as nested dicts of floats (JSON)."""
-
-    def summary(self, results: dict) -> str:
-        """The scores as one short console line."""
-
-
-class RoundLogger(Protocol):
-    """Where a run's progress goes as it happens (``fedvssl.reports.tensorboard.TensorBoardLog``)."""
-
-    def log_round(self, entry: dict) -> None:
-        """One round's history entry (per-client lists, round totals)."""
-
-    def log_monitor(self, server_round: int, results: dict) -> None:
-        """A monitor's scores after ``server_round``, and the seconds it took (``time_s``)."""
-
-    def close(self) -> None: ...
-
-
-def short_reason(reason: str) -> str:
-    """The innermost ``SomeError: message`` line of a (Ray-wrapped) client traceback."""
-    lines = [line.strip(" '>") for line in reason.splitlines() if line.strip()]
-    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): \S", line)]
-    return (errors[-1] if errors else lines[0] if lines else "unknown error")[:500]
-
-
-def update_norm(state: Mapping[str, np.ndarray], previous: Mapping[str, np.ndarray] | None = None) -> float:
-    """The L2 norm of ``state - previous`` over the floating-point tensors (of ``state`` if
-    ``previous`` is None: a bfloat16 reply is the update itself).
-
-    The integer BatchNorm counters are left out: they grow by the number of local steps
-    every round and would outweigh the change of the weights. Differences and dot
-    products run in the tensors' dtype over cache-sized chunks, and the chunks' sums add
-    up in float64: 10x faster than float64 throughout (a round computes six norms of 33 M
-    weights), and within a relative 1e-6 of it, plenty for a metric.
-    """
-    total = 0.0
-    for key, before in (state if previous is None else previous).items():
-        if np.issubdtype(before.dtype, np.floating):
-            a = np.asarray(state[key]).reshape(-1)
-            b = None if previous is None else np.asarray(before).reshape(-1)
-            for start in range(0, a.size, _NORM_CHUNK):
-                d = a[start : start + _NORM_CHUNK]
-                if b is not None:
-                    d = d - b[start : start + _NORM_CHUNK]
-                total += float(np.dot(d, d))
-    return float(np.sqrt(total))
-
-
-def _single(records: dict, what: str, node: int):
-    if len(records) != 1:
-        raise ValueError(f"node {node} replied with {len(records)} {what}s, expected one")
-    return next(iter(records.values()))
 
 
 class FedVSSL(FedAvg):
@@ -167,9 +67,13 @@ class FedVSSL(FedAvg):
         num_clients: int,
         min_replies: int = 1,
         transfer_dtype: str = "float32",
-        **_: object,
+        **others: object,
     ) -> None:
-        """The strategy's settings, checked once: here, by ``__init__`` and by the config check before any work."""
+        """The strategy's settings, checked once: here, by ``__init__`` and by the config check before any work.
+
+        Of ``others``, the bounds on a reply are checked (``bounds.Bounds``); the rest is the ServerApp's.
+        """
+        Bounds.of(others)
         if not (isinstance(alpha, int | float) and not isinstance(alpha, bool) and 0.0 <= alpha <= 1.0):
             raise ValueError(f"strategy.alpha={alpha} must be in [0, 1]")
         if beta not in (0, 1) or isinstance(beta, bool):
@@ -205,8 +109,17 @@ class FedVSSL(FedAvg):
         transfer_dtype: str = "float32",
         monitor: Monitor | None = None,
         logger: RoundLogger | None = None,
+        partition_sizes: Mapping[int, int] | None = None,
+        published_partitions: bool = False,
+        **bounds: object,
     ) -> None:
         self.check_settings(alpha, beta, share, clients_per_round, num_clients, min_replies, transfer_dtype)
+        # Opt-in limits on what one reply can do (loss clipping, weight cap, update-norm bound).
+        self.bounds = Bounds(**bounds)
+        # Videos listed per partition id, which bound a reply's num-examples: in the simulation,
+        # where the clients read the same files, and with published partitions, which every
+        # node holds alike (elsewhere a SuperNode may read its own partition-dir).
+        self.partition_sizes, self.published_partitions = dict(partition_sizes or {}), published_partitions
         super().__init__(
             fraction_train=clients_per_round / num_clients,
             fraction_evaluate=0.0,
@@ -232,8 +145,9 @@ class FedVSSL(FedAvg):
         self._saving: Future | None = None
         self._previous: Mapping[str, np.ndarray] | None = None
         self._in_memory = False  # NumPy-backed records: set per round by configure_train
-        self._round: dict = {}
+        self._round: dict = {}  # this round's messages, times, and what its replies must match
         self._partitions: dict[int, int] = {}  # node id -> partition id
+        self._left_out: dict[int, str] = {}  # node id -> why it reported no partition id
         # A progress bar over all rounds (0: none, as in CI and non-interactive runs).
         self._bar = tqdm(total=progress_rounds, initial=start_round, desc="rounds") if progress_rounds else None
         self.monitor, self.logger = monitor, logger
@@ -290,21 +204,38 @@ class FedVSSL(FedAvg):
         return beta_step(aggregate, self._previous) if self.beta == 1 and server_round >= 2 else aggregate
 
     def partition_ids(self, grid: Grid, nodes: list[int]) -> dict[int, int]:
-        """Ask every node once for its partition id (node ids are not partition ids)."""
-        missing = [n for n in nodes if n not in self._partitions]
+        """Ask every node once for its partition id (node ids are not partition ids).
+
+        A node whose answer is no partition id of this run is left out of the sampling, with
+        a warning, and not asked again (a restarted SuperNode comes back under a new id).
+        """
+        missing = [n for n in nodes if n not in self._partitions and n not in self._left_out]
         if missing:
-            asks = [
-                Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY)
+            asks = {
+                n: Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY)
                 for n in missing
-            ]
-            for reply in grid.send_and_receive(asks, timeout=600):
-                if reply.has_error():
-                    raise RuntimeError(
-                        f"node {reply.metadata.src_node_id} did not report its partition id: {reply.error.reason}"
-                    )
-                record = _single(reply.content.metric_records, "MetricRecord", reply.metadata.src_node_id)
-                self._partitions[reply.metadata.src_node_id] = int(record["partition-id"])
-        return {n: self._partitions[n] for n in nodes}
+            }
+            replies = grid.send_and_receive(list(asks.values()), timeout=600)
+            asked = {m.metadata.message_id: n for n, m in asks.items()}  # the grid set the ids
+            for reply in replies:
+                node = int(reply.metadata.src_node_id)
+                if reply.has_error():  # written by the SuperLink: named by the message it answers
+                    node = asked.get(reply.metadata.reply_to_message_id, node)
+                try:
+                    self._partitions[node] = self.reported_partition(reply)
+                except Exception as e:
+                    self._left_out[node] = short_reason(f"{type(e).__name__}: {e}")
+                    log.warning("node %d is left out: no partition id of this run (%s)", node, self._left_out[node])
+        return {n: self._partitions[n] for n in nodes if n in self._partitions}
+
+    def reported_partition(self, reply: Message) -> int:
+        """The partition id a node's answer to the query names; an error if it names none of this run."""
+        if reply.has_error():
+            raise RuntimeError(reply.error.reason)
+        pid = single(reply.content.metric_records, "MetricRecord", reply.metadata.src_node_id)["partition-id"]
+        if isinstance(pid, bool) or not isinstance(pid, Integral) or not 0 <= pid < self.num_clients:
+            raise ValueError(f"partition-id={pid!r:.40} is not in 0..{self.num_clients - 1}")
+        return int(pid)
 
     def sample(self, grid: Grid, server_round: int) -> list[int]:
         """Seeded uniform sampling of partition ids, so a run's choices repeat from its seed."""
@@ -317,7 +248,8 @@ class FedVSSL(FedAvg):
                 by_partition = {pid: node for node, pid in self._partitions.items() if node in listed}
                 if len(by_partition) >= self.num_clients:
                     break
-            log.info("waiting for nodes: %d of %d connected", len(nodes), self.num_clients)
+            left_out = f", {len(self._left_out)} left out (see above)" if self._left_out else ""
+            log.info("waiting for nodes: %d of %d connected%s", len(nodes), self.num_clients, left_out)
             time.sleep(1)
         chosen = random.Random(f"{self.seed}/{server_round}").sample(sorted(by_partition), self.clients_per_round)
         return [by_partition[pid] for pid in chosen]
@@ -342,6 +274,7 @@ class FedVSSL(FedAvg):
             "start": time.perf_counter(),
             "started_at": time.time(),
             "bytes_sent": arrays.count_bytes() * len(nodes),
+            "expected": self.expected(),
         }
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         # Kept so that aggregate_train can name the nodes that did not reply (the grid sets their ids).
@@ -353,78 +286,162 @@ class FedVSSL(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.start_round
         replies = list(replies)
-        valid, failed = [m for m in replies if not m.has_error()], [m for m in replies if m.has_error()]
-        log.debug("round %d: %d replies, %d failures", server_round, len(valid), len(failed))
-        # An error the SuperLink writes (a node that stopped sending heartbeats) comes from the
-        # SuperLink itself: name the node the message went to.
+        self._round["round"] = server_round
+        accepted, failures = self.receive(server_round, replies)
+        weights = self.weigh(accepted)
+        aggregate = self.server_step(self.combine(accepted, weights), server_round)
+        entry = self.history_entry(server_round, accepted, weights, failures, aggregate)
+        self.finish_round(entry, replies, aggregate)
+        record = numpy_to_record(aggregate, in_memory=self._in_memory)
+        return record, MetricRecord({"train-loss": float(np.dot(weights, entry["train_loss"]))})
+
+    def expected(self) -> Expected:
+        """What the round's replies must match: the global model's tensors, and the bounds on num-examples."""
+        sizes = self.partition_sizes if self._in_memory or self.published_partitions else None
+        return Expected.of(
+            self._previous, self.num_clients, partition_sizes=sizes, max_num_examples=self.bounds.max_num_examples
+        )
+
+    def receive(self, server_round: int, replies: list[Message]) -> tuple[list[Reply], list[dict]]:
+        """The replies that count, in partition-id order, and the round's failures.
+
+        A failure is a client whose reply is an error, that did not reply in time, or whose
+        reply fails a check (:meth:`accept`) or the update-norm bound (:meth:`bound_updates`).
+        Fewer than ``min_replies`` replies that count stop the run (:meth:`stop`). Replies
+        arrive in completion order; sorting by partition id makes the float sums, and so
+        the global model, independent of timing (resume relies on this).
+        """
         sent = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in self._round.get("sent", [])}
-        failed_nodes = [sent.get(m.metadata.reply_to_message_id, int(m.metadata.src_node_id)) for m in failed]
-        failures = [
-            {"node_id": n, "partition_id": self._partitions.get(n, -1), "reason": short_reason(m.error.reason)}
-            for n, m in zip(failed_nodes, failed, strict=True)
-        ]
-        replied = {sent.get(m.metadata.reply_to_message_id, int(m.metadata.src_node_id)) for m in replies}
-        silent = [n for n in sent.values() if n not in replied]
+        elapsed = time.perf_counter() - self._round.get("start", time.perf_counter())
+        reason = f"no reply within runtime.round_timeout_s (round timed out after {elapsed:.0f} s)"
+        valid, failures, silent = sort_out(replies, sent, self._partitions, reason)
+        log.debug("round %d: %d replies, %d failures", server_round, len(valid), len(replies) - len(valid))
         if silent:
             # Flower's send_and_receive returned at runtime.round_timeout_s without these replies.
-            elapsed = time.perf_counter() - self._round.get("start", time.perf_counter())
             log.warning(
                 "round %d timed out after %.0f s (runtime.round_timeout_s): no reply from client(s) %s",
                 server_round,
                 elapsed,
                 [self._partitions.get(n, -1) for n in silent],
             )
-            reason = f"no reply within runtime.round_timeout_s (round timed out after {elapsed:.0f} s)"
-            failures += [{"node_id": n, "partition_id": self._partitions.get(n, -1), "reason": reason} for n in silent]
+        accepted: list[Reply] = []
+        for node, message in valid:
+            checked = self.accept(node, message, {r.partition_id for r in accepted})
+            (accepted if isinstance(checked, Reply) else failures).append(checked)
+        accepted, beyond = self.bound_updates(accepted)
+        failures += beyond
         for f in failures:
             log.warning("round %d: client %d failed: %s", server_round, f["partition_id"], f["reason"])
-        if len(valid) < self.min_replies:
-            self.wait_saved()  # the rounds before stay resumable
-            first = failures[0]["reason"] if failures else "none"
-            message = (
-                f"round {server_round}: {len(valid)} of {len(valid) + len(failures)} clients replied, fewer than "
-                f"strategy.min_replies={self.min_replies}; first failure: {first}"
-            )
-            if self.run is not None:
-                self.run.record_stop(message)
-            raise RuntimeError(message)
-        # Replies arrive in completion order; sorting by partition id makes the float sums,
-        # and so the global model, independent of timing (resume relies on this).
-        pairs = [(_single(m.content.metric_records, "MetricRecord", m.metadata.src_node_id), m) for m in valid]
-        pairs.sort(key=lambda pair: int(pair[0].get("partition-id", -1)))
-        metrics, valid = [p[0] for p in pairs], [p[1] for p in pairs]
-        losses = [float(m["train-loss"]) for m in metrics]
-        counts = [int(m["num-examples"]) for m in metrics]
-        weights = np.asarray(self.client_weights(losses, counts), dtype=np.float64)
-        arrays = [_single(m.content.array_records, "ArrayRecord", m.metadata.src_node_id) for m in valid]
-        views = [LazyArrays(a) for a in arrays]
-        if self.transfer_dtype == BF16:
-            # The replies are updates (records.reply_record): sum_k w_k (G + u_k) is
-            # (sum_k w_k) G + sum_k w_k u_k, one addition of G instead of one per client.
-            mean, total = weighted_average(views, weights), float(weights.sum())
-            averaged = {
-                k: (self._previous[k] * np.float32(total) + v if v.dtype == np.float32 else v) for k, v in mean.items()
-            }
-            client_norms = [update_norm(v) for v in views]
-        else:
-            averaged = weighted_average(views, weights)
-            client_norms = [update_norm(v, self._previous) for v in views]
-        aggregate = self.server_step(averaged, server_round)
+        if len(accepted) < self.min_replies:
+            self.stop(server_round, len(accepted), failures)
+        accepted.sort(key=lambda r: r.partition_id)
+        return accepted, failures
+
+    def accept(self, node: int, message: Message, taken: set[int]) -> Reply | dict:
+        """The reply, checked against the round's global model (``replies.check``), or the failure it is.
+
+        Nothing a client sends raises here: whatever fails is that client's failure, with
+        the reason. ``taken``: the partitions that already replied this round.
+        """
+        try:
+            if "expected" not in self._round:
+                raise Rejected("no round was configured for it")
+            previous = None if self.transfer_dtype == BF16 else self._previous  # bfloat16 replies are updates
+            reply = check(message, self._round["expected"], self._partitions, previous)
+            if reply.partition_id in taken:
+                raise Rejected(f"partition {reply.partition_id} already replied in this round")
+            return reply
+        except Rejected as e:
+            reason = f"rejected: {e}"
+        except Exception as e:  # a reply malformed in a way no check foresaw
+            reason = f"rejected: unreadable reply ({type(e).__name__}: {e})"
+        return failure(node, self._partitions, reason.splitlines()[0][:500])
+
+    def bound_updates(self, replies: list[Reply]) -> tuple[list[Reply], list[dict]]:
+        """The replies within the update-norm bound (``strategy.max_update_norm[_ratio]``), and a failure per other.
+
+        With ``update_norm_action=clip`` none fails: a reply beyond the bound has its update
+        scaled down to it.
+        """
+        b = self.bounds
+        bound = norm_bound([r.norm for r in replies], b.max_update_norm, b.max_update_norm_ratio)
+        self._round["norm_bound"] = bound
+        if bound is None:
+            return replies, []
+        kept, failures = [], []
+        for r in replies:
+            if r.norm <= bound:
+                kept.append(r)
+            elif b.update_norm_action == "clip":
+                r.scale = bound / r.norm
+                r.state = ScaledUpdate(r.state, r.scale, None if self.transfer_dtype == BF16 else self._previous)
+                kept.append(r)
+            else:
+                reason = (
+                    f"rejected: update norm {r.norm:.4g} exceeds the bound {bound:.4g} (strategy.max_update_norm="
+                    f"{b.max_update_norm}, max_update_norm_ratio={b.max_update_norm_ratio} of the median)"
+                )
+                failures.append(failure(r.node_id, self._partitions, reason))
+        return kept, failures
+
+    def stop(self, server_round: int, replied: int, failures: list[dict]) -> None:
+        """End the run: fewer than ``min_replies`` clients counted in the round. The reason goes to the run folder."""
+        self.wait_saved()  # the rounds before stay resumable
+        first = failures[0]["reason"] if failures else "none"
+        message = (
+            f"round {server_round}: {replied} of {replied + len(failures)} clients replied, fewer than "
+            f"strategy.min_replies={self.min_replies}; first failure: {first}"
+        )
+        if self.run is not None:
+            self.run.record_stop(message)
+        raise RuntimeError(message)
+
+    def weigh(self, replies: list[Reply]) -> np.ndarray:
+        """The aggregation weights of the round's replies: the ``client_weights`` hook, within the bounds.
+
+        The losses are clipped (``strategy.loss_clip``) before the weights, and the weights
+        capped (``strategy.max_client_weight``) after them.
+        """
+        losses = clip_losses([r.loss for r in replies], self.bounds.loss_clip)
+        weights = np.asarray(self.client_weights(losses, [r.num_examples for r in replies]), dtype=np.float64)
+        return weights if self.bounds.max_client_weight is None else cap_weights(weights, self.bounds.max_client_weight)
+
+    def combine(self, replies: list[Reply], weights: np.ndarray) -> dict[str, np.ndarray]:
+        """The round's aggregate of the replies' models before the server step: sum_k w_k theta_k.
+
+        In bfloat16 transfer the replies are updates (records.reply_record): sum_k w_k (G + u_k)
+        is (sum_k w_k) G + sum_k w_k u_k, one addition of G instead of one per client.
+        """
+        states = [r.state for r in replies]
+        if self.transfer_dtype != BF16:
+            return weighted_average(states, weights)
+        mean, total = weighted_average(states, weights), float(weights.sum())
+        return {k: (self._previous[k] * np.float32(total) + v if v.dtype == np.float32 else v) for k, v in mean.items()}
+
+    def history_entry(
+        self,
+        server_round: int,
+        replies: list[Reply],
+        weights: np.ndarray,
+        failures: list[dict],
+        aggregate: Mapping[str, np.ndarray],
+    ) -> dict:
+        """The round's history entry: per client lists in partition-id order, round totals, failures."""
+        sizes = [r.arrays.count_bytes() for r in replies]
         entry = {
             "round": server_round,
-            "partition_ids": [int(m.get("partition-id", -1)) for m in metrics],
-            "node_ids": [int(m.metadata.src_node_id) for m in valid],
-            "num_examples": counts,
-            "train_loss": losses,
+            "partition_ids": [r.partition_id for r in replies],
+            "node_ids": [r.node_id for r in replies],
+            "num_examples": [r.num_examples for r in replies],
+            "train_loss": [r.loss for r in replies],
             "weights": weights.tolist(),
             "failures": failures,
             "bytes_sent": self._round.get("bytes_sent", 0),
-            "bytes_received": sum(a.count_bytes() for a in arrays),
+            "bytes_received": sum(sizes),
             "update_norm": update_norm(aggregate, self._previous),
-            # Per client, in partition-id order like the lists above: what it sent back, and how
-            # far its model moved from the global one it started from.
-            "client_bytes_received": [a.count_bytes() for a in arrays],
-            "client_update_norm": client_norms,
+            # Per client: what it sent back, and how far its model moved from the global one it started from.
+            "client_bytes_received": sizes,
+            "client_update_norm": [r.norm for r in replies],
             "time_s": time.perf_counter() - self._round.get("start", time.perf_counter()),
             # Wall clock at the round's start: the gaps between rounds (checkpoint, history,
             # monitor, Flower's loop) show as the difference of consecutive starts less time_s.
@@ -432,30 +449,41 @@ class FedVSSL(FedAvg):
             "server_rss_mb": rss_mb(),
             "server_shm_mb": object_store_mb(),
         }
+        if self._round.get("norm_bound") is not None:
+            entry["update_norm_bound"] = self._round["norm_bound"]
+            entry["client_update_scale"] = [r.scale for r in replies]
+        # The other metrics every reply holds (a finite number each), in the first reply's order.
         entry.update(
             {
-                k: [float(m[k]) for m in metrics]
-                for k in metrics[0]
-                if k not in ("train-loss", "num-examples", "partition-id")
+                k: [r.extra[k] for r in replies]
+                for k in (replies[0].extra if replies else {})
+                if all(k in r.extra for r in replies)
             }
         )
+        return entry
+
+    def finish_round(self, entry: dict, replies: list[Message], aggregate: Mapping[str, np.ndarray]) -> None:
+        """History, files (in the background), logger, console and progress bar; then free the replies' memory."""
         self.history.append(entry)
         # Flower's loop holds this round's replies until the next round's have come back: let
         # go of their tensors now, so that neither the heap nor (in the simulation) Ray's object
         # store keeps two rounds of replies.
-        for a in arrays:
-            a.clear()
+        for m in replies:
+            if not m.has_error():
+                for arrays in m.content.array_records.values():
+                    arrays.clear()
         if self.run is not None:
-            self.save_round(server_round, aggregate)
+            self.save_round(entry["round"], aggregate)
         if self.logger is not None:
             self.logger.log_round(entry)
+        weights, losses = entry["weights"], entry["train_loss"]
         mean_loss = float(np.dot(weights, losses))
         log.info(
             "round %d: loss %.4f (weighted) over %d clients, %d failed; weights %s, losses %s",
-            server_round,
+            entry["round"],
             mean_loss,
             len(losses),
-            len(failed),
+            len(entry["failures"]),
             np.round(weights, 4).tolist(),
             np.round(losses, 4).tolist(),
         )
@@ -465,7 +493,6 @@ class FedVSSL(FedAvg):
         # What was freed since the last round (the previous round's replies and messages,
         # this round's temporaries) goes back to the OS once it passes a bound; see release_heap.
         release_heap()
-        return numpy_to_record(aggregate, in_memory=self._in_memory), MetricRecord({"train-loss": mean_loss})
 
     def evaluate_global(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Flower's server-side ``evaluate_fn``: the monitor's scores after every ``monitor.every``-th round.
@@ -502,13 +529,4 @@ class FedVSSL(FedAvg):
             self.logger.log_monitor(server_round, entry["monitor"])
         # One line per monitored round, on the console and in main.log (Hydra's handlers).
         log.info("round %d: %s (%.1f s)", server_round, self.monitor.summary(results), seconds)
-        return MetricRecord(dict(_leaves(results)))
-
-
-def _leaves(tree: Mapping, prefix: str = "") -> Iterable[tuple[str, float]]:
-    """The numbers of nested dicts, keyed by their slash-joined paths."""
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            yield from _leaves(value, f"{prefix}{key}/")
-        else:
-            yield f"{prefix}{key}", float(value)
+        return MetricRecord(dict(leaves(results)))
