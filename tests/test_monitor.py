@@ -69,6 +69,11 @@ def test_tensorboard_log_writes_per_client_round_and_retrieval_scalars(tmp_path)
     assert found["retrieval/ucf101/R@1"] == {2: 25.0} and found["retrieval/time_s"] == {2: 3.5}
     # The control is its own TensorBoard run with the same tag, so both share one chart.
     assert scalars(tmp_path / "tb" / "random_init") == {"retrieval/ucf101/R@1": {2: 12.5}}
+    # Each failure's reason is text at its round (the TEXT tab).
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0})
+    events.Reload()
+    texts = {e.step: e.tensor_proto.string_val[0].decode() for e in events.Tensors("round/failures/text_summary")}
+    assert texts == {1: "client 1: RuntimeError: x", 2: "client 1: RuntimeError: x"}
 
 
 def test_a_resumed_run_replaces_the_rounds_it_redoes(tmp_path):

@@ -72,6 +72,10 @@ class TensorBoardLog:
                 self.writer.add_scalar(f"round/{key}", float(entry[key]), step)
         self.writer.add_scalar("round/clients", len(entry["partition_ids"]), step)
         self.writer.add_scalar("round/failures", len(entry.get("failures", [])), step)
+        # Each failure's one-line reason (a crash, a timeout, a rejected reply), under the TEXT tab.
+        reasons = [f"client {f.get('partition_id', -1)}: {f.get('reason', '')}" for f in entry.get("failures", [])]
+        if reasons:
+            self.writer.add_text("round/failures", "\n\n".join(reasons), step)
         if not self._layout:
             # Custom Scalars: one chart per metric with a line per client.
             charts = {name: ["Multiline", [rf"^{name}/client-"]] for name in per_client}
