@@ -84,7 +84,7 @@ def run(cfg: DictConfig) -> dict:
     from hydra.types import RunMode
 
     from fedvssl.reports.plots import history_frame, plot_history
-    from fedvssl.reports.tables import results_markdown
+    from fedvssl.reports.tables import precision_record, results_markdown
 
     run = RunFolder(cfg.run.dir)
     if cfg.resume_sweep and HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -127,6 +127,8 @@ def run(cfg: DictConfig) -> dict:
         "rounds": cfg.num_rounds,
         "pretraining_videos": run.pretraining_videos(),
         "overrides": list(HydraConfig.get().overrides.task),
+        "experiment": HydraConfig.get().runtime.choices.get("experiment"),  # the +experiment= preset, if any
+        "precision": precision_record(cfg.runtime, cfg.strategy.get("transfer_dtype", "float32")),
         "wall_time_s": {k: round(v, 2) for k, v in times.items()},
     }
     if cfg.finetune.datasets:

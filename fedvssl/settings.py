@@ -109,6 +109,7 @@ class FinetuneSettings:
     contrast: list[float]
     hue_saturation: list[float]
     num_test_clips: int
+    accumulate: int = 1  # forward passes per optimizer step, of batch_size / accumulate clips each
 
 
 @dataclass(frozen=True)

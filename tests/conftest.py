@@ -31,3 +31,20 @@ def broken_world(tmp_path_factory) -> Path:
 def flower_env(tmp_path) -> dict[str, str]:
     """Environment for a subprocess that runs Flower: private FLWR_HOME, no telemetry."""
     return flower_env_for(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def paper_data(tmp_path_factory) -> Path:
+    """Small Kinetics-400, UCF-101 and HMDB-51 layouts with both published-style partitions, once per session
+    (the stand-in for ``/data``: dataset_preparation/paper_layout.py)."""
+    from dataset_preparation.paper_layout import generate
+
+    return generate(tmp_path_factory.mktemp("paper") / "data")
+
+
+@pytest.fixture(scope="session")
+def paper_lists(tmp_path_factory) -> Path:
+    """The same stand-in for ``/data`` as ``paper_data`` (same lists and partitions) without the video files."""
+    from dataset_preparation.paper_layout import PaperLayout, generate
+
+    return generate(tmp_path_factory.mktemp("paper-lists") / "data", PaperLayout(videos=False))

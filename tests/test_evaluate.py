@@ -128,6 +128,7 @@ def test_fine_tuning_learns_above_chance(tmp_path):
         f"run.dir={tmp_path}",
         f"data.probe_cache={tmp_path / 'cache'}",
         "finetune.training.epochs=20",
+        "finetune.training.batch_size=8",  # 6 steps per epoch on the 48 training videos (the protocol's 32: 2)
         "finetune.training.lr=0.001",
         "finetune.training.milestones=[100]",
         "finetune.training.num_test_clips=3",

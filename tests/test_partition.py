@@ -10,6 +10,7 @@ from helpers import ROOT
 
 from dataset_preparation.synthetic import WorldSpec
 from fedvssl.data.partitions import dirichlet, iid, noniid, noniid_windows, ucf101_items, write_partition
+from fedvssl.errors import DataError
 
 
 def class_items(counts):
@@ -118,3 +119,16 @@ def test_commands(tmp_path, world, scheme):
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert sum(manifest["counts"]) == 64 and manifest["scheme"] == scheme and len(manifest["sha256"]) == 64
+
+
+def test_a_folder_of_published_partitions_is_never_overwritten(tmp_path):
+    """Partition files no command wrote (no manifest.json) stay as they are; ours may be rewritten."""
+    published = [{"name": "a_b/x", "label": 1}]
+    (tmp_path / "client_dist1.json").write_text(json.dumps(published))
+    with pytest.raises(DataError, match=r"partition.dir=.*\(no manifest.json\)"):
+        write_partition([[("a_b/y", 1)]], ["a_b"], tmp_path, {"scheme": "iid"})
+    assert json.loads((tmp_path / "client_dist1.json").read_text()) == published
+    ours = tmp_path / "ours"
+    write_partition([[("a_b/y", 1)]], ["a_b"], ours, {"scheme": "iid"})
+    write_partition([[("a_b/z", 1)]], ["a_b"], ours, {"scheme": "iid"})  # a run's own split, written again
+    assert json.loads((ours / "client_dist1.json").read_text()) == [{"name": "a_b/z", "label": 1}]

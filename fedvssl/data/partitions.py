@@ -29,6 +29,7 @@ from fedvssl.data.annotations import VIDEO_EXTENSIONS, read_class_index
 from fedvssl.data.client_dist import client_file
 from fedvssl.data.kinetics import read_kinetics_csv
 from fedvssl.data.ucf101 import read_ucf101
+from fedvssl.errors import DataError
 from fedvssl.files import write_json, write_text
 
 Item = tuple[str, int]  # (name, 1-based label)
@@ -121,7 +122,18 @@ def item_name(name: str) -> str:
 
 
 def write_partition(clients: list[list[Item]], classes: list[str], out: Path, meta: dict) -> Path:
+    """Write ``client_dist<k>.json``, ``classInd.txt`` and ``manifest.json`` into ``out``.
+
+    Refuses a folder of partition files that no partition command wrote (no
+    ``manifest.json``), such as FedVSSL's published ones: they cannot be regenerated.
+    """
     out = Path(out)
+    if not (out / "manifest.json").is_file() and any(out.glob("client_dist*.json")):
+        raise DataError(
+            f"partition.dir={out} holds client_dist<k>.json files that no partition command wrote (no "
+            "manifest.json), such as the published ones; a new split would replace them: read them with "
+            "partition=published, or give another partition.dir"
+        )
     for k, records in enumerate(clients, start=1):
         write_json(client_file(out, k), [{"name": n, "label": lab} for n, lab in records])
     write_text(out / "classInd.txt", "".join(f"{i} {c}\n" for i, c in enumerate(classes, start=1)))

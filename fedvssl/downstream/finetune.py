@@ -4,13 +4,19 @@ The backbone (standard strides) is initialised from the pretrained checkpoint, a
 TSN head (dropout 0.5, one linear layer) is trained with SGD, and each test video is
 classified from the average of its clips' logits. ``linear_probe`` freezes the
 backbone (BatchNorm included) and trains the head only.
+
+One optimizer step takes ``batch_size`` clips (the reference's 32: 8 on each of 4 GPUs
+with SyncBN, so BatchNorm also normalises over 32). ``accumulate`` > 1 splits each step
+into that many forward passes of ``batch_size / accumulate`` clips and sums their
+gradients: the step's gradient is the mean over the same 32 clips, but BatchNorm then
+normalises over the clips of one pass only.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -113,25 +119,64 @@ def video_logits(
     return torch.cat(out), torch.cat(labels)
 
 
-def finetune(
-    s: EvaluationSettings,
-    train: Sequence[VideoRecord],
-    test: Sequence[VideoRecord],
-    num_classes: int,
-    state: Mapping[str, np.ndarray] | None,
-) -> dict[str, Any]:
-    """Train the classifier for ``finetune.training.epochs`` and test it with uniform clips."""
-    t, clips, seed, p = s.finetune, s.clips, s.seed, s.clips.precision
-    device = device_of(clips.device)
-    start = time.perf_counter()
-    model = prepare(build_classifier(state, num_classes, t.dropout, seed, s.backbone), p, device)
-    if t.linear_probe:
-        for p in model.backbone.parameters():
-            p.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
+def trainable(model: TSNClassifier, linear_probe: bool) -> list[nn.Parameter]:
+    """The parameters fine-tuning updates: all of them, or the head's alone for a linear probe."""
+    if linear_probe:
+        for param in model.backbone.parameters():
+            param.requires_grad_(False)
+    return [param for param in model.parameters() if param.requires_grad]
+
+
+def optimizer_steps(loader: Iterable[dict], accumulate: int) -> Iterator[list[dict]]:
+    """The loader's batches grouped ``accumulate`` at a time, one group per optimizer step (the last may be short)."""
+    group: list[dict] = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == accumulate:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    t: FinetuneSettings,
+    precision: Precision,
+    device: torch.device,
+) -> float:
+    """One epoch of SGD steps over ``t.batch_size`` clips each; returns the mean loss per clip."""
+    params = [q for group in opt.param_groups for q in group["params"]]
+    total, seen = 0.0, 0
+    for group in optimizer_steps(loader, t.accumulate):
+        step_clips = sum(len(b["label"]) for b in group)
+        opt.zero_grad(set_to_none=True)
+        for batch in group:
+            batch = to_device(batch, precision, device)
+            with autocast(precision, device):
+                loss = F.cross_entropy(model(batch["imgs"]), batch["label"], reduction="sum")
+            # Each pass adds its share of the step's mean loss: the gradient is the mean over the step's clips.
+            scaler.scale(loss / step_clips).backward()
+            total, seen = total + loss.item(), seen + len(batch["label"])
+        scaler.unscale_(opt)  # clip the true gradients (a no-op unless fp16)
+        torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+    return total / max(seen, 1)
+
+
+def train_classifier(
+    model: TSNClassifier, train: Sequence[VideoRecord], s: EvaluationSettings, device: torch.device
+) -> list[float]:
+    """Fine-tune ``model`` in place for ``finetune.training.epochs``; the mean training loss of each epoch."""
+    t, clips, seed, precision = s.finetune, s.clips, s.seed, s.clips.precision
+    params = trainable(model, t.linear_probe)
     opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=t.milestones, gamma=0.1)
-    scaler = grad_scaler(p, device)
+    scaler = grad_scaler(precision, device)
     torch.manual_seed(seed)
     losses = []
     for epoch in tqdm(range(t.epochs), desc="fine-tune", disable=not clips.progress):
@@ -140,32 +185,38 @@ def finetune(
             model.backbone.eval()  # frozen means frozen BatchNorm statistics too
         loader = DataLoader(
             TrainClips(train, clips, t, seed=(seed, epoch)),
-            batch_size=t.batch_size,
+            batch_size=t.batch_size // t.accumulate,
             shuffle=True,
             num_workers=clips.eval_workers,
             pin_memory=pin_memory(device),
             generator=torch.Generator().manual_seed(seed * 1000 + epoch),
         )
-        total, seen = 0.0, 0
-        for batch in loader:
-            batch = to_device(batch, p, device)
-            with autocast(p, device):
-                loss = F.cross_entropy(model(batch["imgs"]), batch["label"])
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)  # clip the true gradients (a no-op unless fp16)
-            torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            total, seen = total + loss.item() * len(batch["label"]), seen + len(batch["label"])
+        losses.append(train_epoch(model, loader, opt, scaler, t, precision, device))
         sched.step()
-        losses.append(total / max(seen, 1))
         log.info("fine-tune epoch %d: loss %.4f", epoch + 1, losses[-1])
+    return losses
+
+
+def finetune(
+    s: EvaluationSettings,
+    train: Sequence[VideoRecord],
+    test: Sequence[VideoRecord],
+    num_classes: int,
+    state: Mapping[str, np.ndarray] | None,
+) -> dict[str, Any]:
+    """Train the classifier for ``finetune.training.epochs`` and test it with uniform clips."""
+    t, clips, precision = s.finetune, s.clips, s.clips.precision
+    device = device_of(clips.device)
+    start = time.perf_counter()
+    model = prepare(build_classifier(state, num_classes, t.dropout, s.seed, s.backbone), precision, device)
+    losses = train_classifier(model, train, s, device)
     loader = view_loader(test, clips, t.stride, t.num_test_clips, s.retrieval.resize_hw, s.retrieval.batch_size)
-    logits, labels = video_logits(model, loader, clips.progress, device, p)
+    logits, labels = video_logits(model, loader, clips.progress, device, precision)
     return {
         **accuracies(logits, labels, num_classes),
         "epochs": t.epochs,
+        "clips_per_step": t.batch_size,
+        "accumulate": t.accumulate,
         "train_loss": losses,
         "time_s": round(time.perf_counter() - start, 2),
     }

@@ -7,8 +7,12 @@
 - Both pool jobs that differ only in ``seed=`` (``seeds.csv`` and a second table in
   ``summary.md``): mean ± std of R@1/5/10 (and fine-tuning top-1) for the pretrained backbone and for its
   random-init control, and the paired gain.
-- ``python -m fedvssl.reports.sweep paper <run or multirun dir>``: our R@1 and top-1 beside
-  the published FedVSSL numbers of the same (alpha, beta) variant.
+- ``python -m fedvssl.reports.sweep paper <run or multirun dir>``: each job's R@1 and top-1
+  beside the published numbers of its preset (``+experiment=``) and (alpha, beta) variant
+  (``paper_results.csv``), with how it computed (precision, transfer dtype), so that no
+  reproduction claim hides a bf16 run.
+- Every row records how its job computed: ``amp_dtype``, ``channels_last``,
+  ``transfer_dtype``, ``decoder`` and ``device`` (from ``results.json``, else the job's config).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 from hydra.experimental.callback import Callback
@@ -45,12 +50,14 @@ def job_rows(folder: Path) -> pd.DataFrame:
         row: dict[str, Any] = {
             "job": str(job.root.relative_to(folder)) or ".",
             "overrides": " ".join(run.get("overrides", [])),
+            "experiment": run.get("experiment") or _experiment(run.get("overrides", [])),
         }
-        if job.config.is_file():
-            cfg = yaml.safe_load(job.config.read_text())
+        cfg = yaml.safe_load(job.config.read_text()) if job.config.is_file() else {}
+        if cfg:
             strategy = cfg.get("strategy", {})
             row.update(alpha=strategy.get("alpha"), beta=strategy.get("beta"), share=strategy.get("share"))
             row.update(seed=cfg.get("seed"), clients=cfg.get("partition", {}).get("num_clients"))
+        row.update(computed(run.get("precision"), cfg))
         for name, entry in results.items():
             if not isinstance(entry, dict) or "retrieval" not in entry:
                 continue
@@ -66,6 +73,27 @@ def job_rows(folder: Path) -> pd.DataFrame:
                 row[f"{name} {CONTROL} top1"] = entry[CONTROL]["finetune"]["top1"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _experiment(overrides: list[str]) -> str | None:
+    """The ``+experiment=`` preset among a job's overrides (results written before they recorded it)."""
+    found = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("experiment=")]
+    return found[-1] if found else None
+
+
+def computed(record: dict | None, cfg: dict) -> dict[str, Any]:
+    """How a job computed: its results' record, else what its config asked for (decoder unresolved)."""
+    if record:
+        keys = ("amp_dtype", "channels_last", "transfer_dtype", "decoder", "device")
+        return {k: record.get(k) for k in keys}
+    runtime = cfg.get("runtime", {})
+    return {
+        "amp_dtype": runtime.get("precision", {}).get("amp_dtype"),
+        "channels_last": runtime.get("precision", {}).get("channels_last"),
+        "transfer_dtype": cfg.get("strategy", {}).get("transfer_dtype"),
+        "decoder": runtime.get("decode_backend"),
+        "device": runtime.get("device"),
+    }
 
 
 def markdown(frame: pd.DataFrame) -> str:
@@ -126,6 +154,11 @@ def write_summary(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     text = f"# Sweep summary ({folder})\n\n{markdown(frame)}\n"
     if not pooled.empty:
         text += f"\n## Over seeds: pretrained against random init\n\n{markdown(pooled)}\n"
+    gains = strategy_gains(frame)
+    if len(gains) > 1 or (len(gains) == 1 and gains["seeds"].iloc[0] > 1):
+        text += f"\n## R@1 gain over random init per strategy (paired per seed)\n\n{markdown(gains)}\n"
+    if plot_monitor(frame, folder, folder / "monitor.png"):
+        text += "\n![R@1 of the global backbone against round, from the monitor](monitor.png)\n"
     (folder / "summary.md").write_text(text)
     plot(frame, folder / "summary.png")
     return frame, pooled
@@ -158,31 +191,146 @@ class SweepSummary(Callback):
                 print(f"\nOver seeds ({folder / 'summary.md'}):\n\n{markdown(pooled)}")
 
 
+# (our column in job_rows, the paper's in paper_results.csv, the header)
+PAPER_METRICS = (
+    ("ucf101 R@1", "ucf101_R@1", "UCF R@1"),
+    ("hmdb51 R@1", "hmdb51_R@1", "HMDB R@1"),
+    ("ucf101 top1", "ucf101_top1", "UCF top-1"),
+    ("ucf101 top5", "ucf101_top5", "UCF top-5"),
+    ("hmdb51 top1", "hmdb51_top1", "HMDB top-1"),
+)
+
+
+def paper_rows() -> pd.DataFrame:
+    """The published numbers, one row per preset and variant (``fedvssl/reports/paper_results.csv``)."""
+    return pd.read_csv(resources.files("fedvssl.reports").joinpath("paper_results.csv"))
+
+
+def paper_match(paper: pd.DataFrame, row: pd.Series) -> pd.Series | None:
+    """The paper's row for a job: its preset's, and among several the same (alpha, beta, share).
+
+    A job without a preset (run before presets existed, or from overrides alone) is compared
+    with the Table 4 variant of its (alpha, beta, share), as it always was.
+    """
+    experiment = row.get("experiment")
+    if not isinstance(experiment, str) or not experiment:
+        experiment = "paper_k400_ctp"
+    rows = paper[paper.experiment == experiment]
+    if len(rows) > 1:
+        same = (rows.alpha == row.get("alpha")) & (rows.beta == row.get("beta")) & (rows.share == row.get("share"))
+        rows = rows[same]
+    return rows.iloc[0] if len(rows) else None
+
+
+def precision_label(row: pd.Series) -> str:
+    """``fp32`` or the autocast dtype, then a non-float32 transfer: what a reproduction claim must state."""
+    amp = row.get("amp_dtype")
+    if amp is None or pd.isna(amp):
+        label = "?"
+    else:  # "auto" only from the config of a job run before its results recorded what it resolved to
+        label = {"none": "fp32", "auto": "auto (bf16 where native)"}.get(amp, f"{amp} autocast")
+    transfer = row.get("transfer_dtype")
+    if isinstance(transfer, str) and transfer != "float32":
+        label += f", {transfer} transfer"
+    return label
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None or pd.isna(value) else f"{value:.2f}"
+
+
 def paper_table(folder: Path) -> str:
-    paper = pd.read_csv(resources.files("fedvssl.reports").joinpath("paper_results.csv"))
-    ours = job_rows(folder)
-    lines = [
-        "| variant | ours UCF R@1 | paper UCF R@1 | ours HMDB R@1 | paper HMDB R@1 "
-        "| ours UCF top-1 | paper UCF top-1 |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    """Each job's numbers beside the paper's row for its preset and variant, and the rows' sources."""
+    paper, ours = paper_rows(), job_rows(folder)
+    head = ["variant", "job", "preset", "computed"]
+    for _, _, name in PAPER_METRICS:
+        head += [f"ours {name}", f"paper {name}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cited = {}
     for _, row in ours.iterrows():
-        match = paper[
-            (paper.alpha == row.get("alpha")) & (paper.beta == row.get("beta")) & (paper.share == row.get("share"))
-        ]
-        ref = match.iloc[0] if len(match) else None
+        ref = paper_match(paper, row)
+        preset = row.get("experiment") if isinstance(row.get("experiment"), str) else "-"
+        if ref is None:
+            name = f"alpha={row.get('alpha')} beta={row.get('beta')} (no published row)"
+        else:
+            name = ref["variant"]
+            cited[ref["experiment"]] = f"{ref['setting']}. Sources: {ref['source']}"
+        cells = [name, row["job"], preset, precision_label(row)]
+        for ours_key, paper_key, _ in PAPER_METRICS:
+            cells += [_cell(row.get(ours_key)), _cell(None if ref is None else ref[paper_key])]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = "".join(f"- {experiment}: {text}\n" for experiment, text in cited.items())
+    return "\n".join(lines) + ("\n\nPaper numbers (- where none is published):\n\n" + notes if notes else "\n")
 
-        def cell(value):
-            return "-" if value is None or pd.isna(value) else f"{value:.2f}"
 
-        name = ref["variant"] if ref is not None else f"alpha={row.get('alpha')} beta={row.get('beta')} ({row['job']})"
-        lines.append(
-            f"| {name} | {cell(row.get('ucf101 R@1'))} | {cell(None if ref is None else ref['ucf101_R@1'])} "
-            f"| {cell(row.get('hmdb51 R@1'))} | {cell(None if ref is None else ref['hmdb51_R@1'])} "
-            f"| {cell(row.get('ucf101 top1'))} | {cell(None if ref is None else ref['ucf101_top1'])} |"
-        )
-    sources = sorted(set(paper["source"]))
-    return "\n".join(lines) + "\n\nPaper numbers: CtP, K-400 non-iid, 540 rounds. Sources: " + "; ".join(sources) + "\n"
+# -- comparing strategies: the R@1 gain per strategy, and R@1 against round ----------------
+
+
+def strategy_gains(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per setting (the overrides less ``seed=``; a comparison sweep varies ``strategy=``): the R@1 gain.
+
+    Each seed's gain is its pretrained R@1 less its own random-init control's (paired), then
+    mean ± std over the seeds (sample std; 0 for one seed), per dataset.
+    """
+    rows = []
+    for setting, jobs in frame.groupby(frame["overrides"].map(_without_seed), sort=False):
+        row: dict[str, Any] = {"setting": setting, "seeds": len(jobs)}
+        for column in jobs.columns:
+            dataset, _, metric = column.partition(" ")
+            control = f"{dataset} {CONTROL} R@1"
+            if metric != "R@1" or control not in jobs:
+                continue
+            gain = jobs[column].astype(float) - jobs[control].astype(float)
+            spread = gain.std(ddof=1) if len(gain) > 1 else 0.0
+            row[f"{dataset} R@1 gain"] = f"{gain.mean():+.2f} ± {spread:.2f}"
+        if len(row) > 2:
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def monitor_curves(frame: pd.DataFrame, folder: Path) -> dict[str, dict[str, pd.DataFrame]]:
+    """``{dataset: {setting: rows (round, seed job, R@1, random-init R@1)}}`` from the jobs' monitor scores."""
+    curves: dict[str, dict[str, list[dict]]] = {}
+    for _, job in frame.iterrows():
+        setting = _without_seed(job["overrides"])
+        for entry in RunFolder(Path(folder) / job["job"]).read_history():
+            scores = entry.get("monitor", {})
+            for dataset, retrieval in scores.get("global", {}).items():
+                control = scores.get(CONTROL, {}).get(dataset, {}).get("R@1")
+                curves.setdefault(dataset, {}).setdefault(setting, []).append(
+                    {"round": entry["round"], "job": job["job"], "R@1": retrieval["R@1"], "control": control}
+                )
+    return {d: {s: pd.DataFrame(rows) for s, rows in by.items()} for d, by in curves.items()}
+
+
+def plot_monitor(frame: pd.DataFrame, folder: Path, path: Path) -> bool:
+    """R@1 of the global backbone against round per setting (mean over seeds, ± std shaded), one panel
+    per dataset, the random-init control dashed; False (and no file) without monitor scores (``monitor.every=0``).
+    """
+    curves = monitor_curves(frame, folder)
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 3.8), squeeze=False)
+    for ax, (dataset, by_setting) in zip(axes[0], sorted(curves.items()), strict=True):
+        controls = []
+        for setting, rows in by_setting.items():
+            stats = rows.groupby("round")["R@1"].agg(["mean", "std"]).fillna(0.0)
+            ax.plot(stats.index, stats["mean"], marker="o", ms=3, label=setting)
+            ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.15)
+            controls += rows["control"].dropna().tolist()
+        if controls:
+            ax.axhline(float(np.mean(controls)), color="gray", ls="--", lw=1, label="random init")
+        ax.set(title=f"{dataset}: retrieval monitor", xlabel="round", ylabel="R@1 (%)")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:
