@@ -49,12 +49,8 @@ def missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     return found
 
 
-def validate(cfg: DictConfig) -> None:
-    """Fail fast on values Hydra cannot check by itself."""
-    for key in missing_keys(cfg):
-        raise ConfigError(f"{key} is required: add {key}=<value>")
-    n = cfg.partition.num_clients
-    _check(isinstance(n, int) and n >= 1, f"partition.num_clients={n} must be a positive integer")
+def _check_components(cfg: DictConfig, n: int) -> None:
+    """The parts that check themselves (strategy, attack, monitor) and the optional logger, before any work."""
     settings = OmegaConf.to_container(cfg.strategy, resolve=True)
     try:  # the strategy class checks its own settings; asking it here makes them fail before any work
         get_class(settings.pop("_target_")).check_settings(num_clients=n, **settings)
@@ -80,13 +76,17 @@ def validate(cfg: DictConfig) -> None:
                 e = e.__cause__
             message = str(e).splitlines()[0]
             raise ConfigError(message if "logger" in message else f"logger: {message}") from None
+
+
+def _check_numbers(cfg: DictConfig) -> None:
+    """The integer settings, including fine-tuning's (checked now, not after the pretraining rounds)."""
     _integer(cfg.seed, "seed", 0)
     _integer(cfg.partition.get("seed", 0), "partition.seed", 0)
     _integer(cfg.num_rounds, "num_rounds", 1)
     _integer(cfg.input.clip_len, "input.clip_len", 1)
     _integer(cfg.input.crop_size, "input.crop_size", 16)
     _integer(cfg.train.batch_size, "train.batch_size", 1)
-    tuning = cfg.finetune.training  # checked now, not after the pretraining rounds
+    tuning = cfg.finetune.training
     _integer(tuning.batch_size, "finetune.training.batch_size", 1)
     _integer(tuning.get("accumulate", 1), "finetune.training.accumulate", 1)
     _check(
@@ -96,6 +96,16 @@ def validate(cfg: DictConfig) -> None:
     )
     _integer(cfg.checkpoints.keep_last, "checkpoints.keep_last", 1)
     _integer(cfg.checkpoints.keep_every, "checkpoints.keep_every", 0)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Fail fast on values Hydra cannot check by itself."""
+    for key in missing_keys(cfg):
+        raise ConfigError(f"{key} is required: add {key}=<value>")
+    n = cfg.partition.num_clients
+    _check(isinstance(n, int) and n >= 1, f"partition.num_clients={n} must be a positive integer")
+    _check_components(cfg, n)
+    _check_numbers(cfg)
     device = str(cfg.runtime.device)
     _check(
         device in ("cpu", "auto") or device.startswith("cuda"), f"runtime.device={device} must be cpu, cuda[:N] or auto"
