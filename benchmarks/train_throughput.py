@@ -11,6 +11,12 @@ On a GPU (``--device cuda``) the same script reports absolute clips/s, optionall
 with bf16 autocast (``--amp``), channels-last 3D memory (``--channels-last``) and
 ``torch.compile`` (``--compile``): the client's own ``runtime.precision`` helpers.
 
+``--precisions fp32,cl,bf16,bf16_cl`` instead times one training step per setting on one
+batch in memory, the settings interleaved step by step so that a shared machine slows them
+alike (median of ``--steps``), with the intra-op threads of one client actor (``--threads``).
+The demo's step: ``--methods speed --clip-len 8 --crop 64 --batch-size 16 --precisions
+fp32,cl,bf16,bf16_cl`` (the demo's backbone comes with the default ``input=small``).
+
 Usage: ``python -m benchmarks.train_throughput [--methods ctp vcop speed] [--seconds 30]``.
 """
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -65,6 +72,47 @@ def steps(model, method, batches, device, precision: Precision, seconds, warmup=
     return n / (time.perf_counter() - start)
 
 
+PRECISIONS = {
+    "fp32": Precision(),
+    "cl": Precision(channels_last=True),
+    "bf16": Precision(amp_dtype="bf16"),
+    "bf16_cl": Precision(amp_dtype="bf16", channels_last=True),
+}
+
+
+def precision_steps(method, names: list[str], batch_size: int, steps: int) -> dict[str, float]:
+    """Median seconds of one SGD step per named precision, the settings interleaved step by step."""
+    gen = torch.Generator().manual_seed(0)
+    imgs = torch.randn(batch_size, 3, method.clip_len, method.crop_size, method.crop_size, generator=gen)
+    batch = {"imgs": imgs, "label": torch.randint(0, 7, (batch_size,), generator=gen)}
+    models = {n: prepare(method.build_model(0), PRECISIONS[n], "cpu") for n in names}
+    opts = {n: method.make_optimizer(m) for n, m in models.items()}
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(steps + 2):  # the first two: warm-up
+        for n in names:
+            p, start = PRECISIONS[n], time.perf_counter()
+            with autocast(p, "cpu"):
+                loss, _ = method.loss(models[n], to_device(batch, p, "cpu"))
+            opts[n].zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(models[n].parameters(), method.optimizer["grad_clip"])
+            opts[n].step()
+            times[n].append(time.perf_counter() - start)
+    return {n: statistics.median(t[2:]) for n, t in times.items()}
+
+
+def compare_precisions(a: argparse.Namespace) -> None:
+    names = a.precisions.split(",")
+    torch.set_num_threads(a.threads)
+    print(f"CPU, {a.threads} thread(s), {a.clip_len}x{a.crop}x{a.crop}, batch {a.batch_size}, median of {a.steps}")
+    print(f"| method | setting | ms per step | speed-up over {names[0]} |")
+    print("|---|---|---|---|")
+    for name in a.methods:
+        per_step = precision_steps(method_for(name, a.clip_len, a.crop), names, a.batch_size, a.steps)
+        for n, t in per_step.items():
+            print(f"| {name} | {n} | {t * 1000:.0f} | {per_step[names[0]] / t:.2f} |")
+
+
 def forever(loader):
     while True:
         yield from loader
@@ -83,7 +131,16 @@ def main() -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone (warm-up excluded)")
     p.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "fedvssl-bench-world"))
+    p.add_argument("--precisions", help=f"compare one step in these settings ({', '.join(PRECISIONS)}), CPU")
+    p.add_argument("--steps", type=int, default=10, help="steps per setting with --precisions")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads with --precisions (a client actor's)")
     a = p.parse_args()
+    if a.precisions:
+        unknown = set(a.precisions.split(",")) - set(PRECISIONS)
+        if unknown:
+            p.error(f"unknown --precisions {sorted(unknown)}: choose from {', '.join(PRECISIONS)}")
+        compare_precisions(a)
+        return
     precision = Precision(
         amp_dtype="bf16" if a.amp else "none",
         channels_last=a.channels_last,

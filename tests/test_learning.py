@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import run_main
 
-pytestmark = pytest.mark.slow  # Ray and 700 training steps of 16 clips (about 2.5 minutes)
+pytestmark = pytest.mark.slow  # Ray and 700 training steps of 16 clips (85 s on 2026-12-06, shared 2-core machine)
 
 CHANCE = math.log(7)  # Speed's seven playback strides
 

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from fedvssl.data import transforms as T
 from fedvssl.data.annotations import VideoRecord
 from fedvssl.data.samplers import read_clip, uniform_clip_starts
-from fedvssl.data.video import VideoReader, make_reader
+from fedvssl.data.video import DECODED, VideoReader, WholeVideoReader, make_reader
 from fedvssl.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,12 @@ class VideoDataset(Dataset):
 
     @property
     def reader(self) -> VideoReader:
-        self._reader = self._reader or make_reader(self.backend, self.frame_cache)
+        if self._reader is None:
+            self._reader = make_reader(self.backend, self.frame_cache)
+            # A video listed many times (clips per video > 1) is decoded once, whole, and kept
+            # for this process's later data sets (the next rounds of a client actor).
+            if DECODED.max_bytes > 0 and len({r.path for r in self.records}) < len(self.records):
+                self._reader = WholeVideoReader(self._reader, DECODED)
         return self._reader
 
     def load(self, i: int) -> dict:

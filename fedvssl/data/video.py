@@ -8,6 +8,7 @@ whole file in order, once, for building the frame cache (:mod:`fedvssl.data.fram
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -125,6 +126,88 @@ class FallbackReader:
             return self.primary.get_frames(path, indices)
         except Exception:
             return self.fallback.get_frames(path, indices)
+
+
+class WholeVideoReader:
+    """Another reader's frames, each video decoded whole once and kept in ``store`` while it fits.
+
+    For data sets that list a video many times (the demo's 25 clips per video and round):
+    every later clip is an index into memory instead of two container opens and a decode
+    from the last keyframe. The frames are the same (the same decoder, every frame in order);
+    a video that does not decode whole is read clip by clip as before.
+    """
+
+    def __init__(self, inner: VideoReader, store: DecodedVideos) -> None:
+        self.inner, self.store = inner, store
+        self.name = f"{inner.name}, whole videos in memory"
+        self._clip_by_clip: set[str] = set()
+
+    def num_frames(self, path: str) -> int:
+        key = self.store.key(self.inner, path)
+        if key not in self.store.lengths:
+            self.store.lengths[key] = self.inner.num_frames(path)
+        return self.store.lengths[key]
+
+    def get_frames(self, path: str, indices: list[int] | np.ndarray) -> np.ndarray:
+        key = self.store.key(self.inner, path)
+        frames = self.store.frames.get(key)
+        if frames is None and path not in self._clip_by_clip:
+            try:
+                frames = self.inner.get_frames(path, np.arange(self.num_frames(path)))
+            except Exception:
+                self._clip_by_clip.add(path)  # its clips fail (or not) one by one, as without this reader
+            else:
+                self.store.keep(key, frames)
+        if frames is None:
+            return self.inner.get_frames(path, indices)
+        return frames[np.clip(np.asarray(indices, dtype=np.int64), 0, len(frames) - 1)]
+
+
+BUDGET_ENV = "FEDVSSL_DECODED_VIDEOS_MB"
+
+
+class DecodedVideos:
+    """Whole decoded videos (and frame counts) by decoder, file and version, the oldest dropped past ``max_bytes``.
+
+    One per process (:data:`DECODED`): a Ray actor that serves clients round after round decodes
+    each of their videos once. A file that changes (size or modification time) is decoded anew.
+    """
+
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self._max_bytes = max_bytes
+        self.frames: dict[tuple, np.ndarray] = {}  # in insertion order: the oldest goes first
+        self.lengths: dict[tuple, int] = {}
+
+    @property
+    def max_bytes(self) -> int:
+        """The bound given, or FEDVSSL_DECODED_VIDEOS_MB (read when first needed), or 512 MiB."""
+        if self._max_bytes is None:
+            value = os.environ.get(BUDGET_ENV, "512")
+            if not value.isdigit():
+                raise ValueError(f"{BUDGET_ENV}={value!r}: expected a whole number of MiB (0: off)")
+            self._max_bytes = int(value) * 2**20
+        return self._max_bytes
+
+    @staticmethod
+    def key(reader: VideoReader, path: str) -> tuple:
+        try:
+            st = os.stat(path)
+        except OSError:  # the reader decides what a missing file means (a frame cache may not need it)
+            return reader.name, path
+        return reader.name, path, st.st_size, st.st_mtime_ns
+
+    def keep(self, key: tuple, frames: np.ndarray) -> None:
+        if frames.nbytes > self.max_bytes:
+            return
+        while self.frames and sum(f.nbytes for f in self.frames.values()) + frames.nbytes > self.max_bytes:
+            self.frames.pop(next(iter(self.frames)))
+        self.frames[key] = frames
+
+
+# This process's decoded videos: the demo client's 64 videos of 48 frames at 128x96 take 113 MB.
+# FEDVSSL_DECODED_VIDEOS_MB bounds them (0: decode every clip from its file, as before 2026-12-06;
+# benchmarks/demo_profile.py's "old" setting); it reaches the client actors through Ray.
+DECODED = DecodedVideos()
 
 
 def make_reader(backend: str = "auto", frame_cache: str | None = None) -> VideoReader:

@@ -4,13 +4,19 @@ Client training, retrieval features and fine-tuning take a :class:`Precision`
 (``runtime.precision``) and use the helpers here, so the three paths cannot drift:
 
 - ``amp_dtype``: ``none`` (fp32), ``bf16`` or ``fp16`` autocast on the model's device type
-  (bf16 works on CPUs too; fp16 training goes through a gradient scaler);
+  (fp16 training goes through a gradient scaler), or ``auto``: bf16 where the device computes
+  it natively (:func:`native_bf16`), fp32 elsewhere. A CPU without bf16 instructions emulates
+  it far slower than fp32 (per demo step, 2026-12-06: 25x with oneDNN limited to AVX2, 2x to AVX-512);
 - ``channels_last``: channels_last_3d memory format for the model and its 5-D inputs;
 - ``cudnn_benchmark``: let cuDNN pick the fastest convolution for each input shape;
 - ``compile``: ``torch.compile`` the backbone (in place, so its state_dict keeps its names).
 
 Pinned host memory and non-blocking copies come with a CUDA device (:func:`pin_memory`,
 :func:`to_device`). The defaults are plain fp32 and change nothing.
+
+The backbone's convolutions are :class:`Conv3d`: under bf16 autocast on the CPU, a
+convolution whose kernel is larger than its input in some dimension pads its input
+explicitly, because oneDNN's bf16 weight gradient is wrong there (see the class).
 """
 
 from __future__ import annotations
@@ -20,16 +26,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16, "auto": None}
 
 
 @dataclass(frozen=True)
 class Precision:
     """``runtime.precision``: how the model computes (fp32 and the default format unless set)."""
 
-    amp_dtype: str = "none"  # none, bf16 or fp16
+    amp_dtype: str = "none"  # none, bf16, fp16 or auto
     channels_last: bool = False
     cudnn_benchmark: bool = False
     compile: bool = False
@@ -78,12 +85,57 @@ def to_device(batch: dict, p: Precision, device: torch.device | str) -> dict:
 @contextlib.contextmanager
 def autocast(p: Precision, device: torch.device | str) -> Iterator[None]:
     """``torch.autocast`` on ``device``'s type in ``p.amp_dtype``; nothing at all for fp32."""
-    dtype = AMP_DTYPES[p.amp_dtype]
+    dtype = AMP_DTYPES[resolved_amp_dtype(p.amp_dtype, device)]
     if dtype is None:
         yield
         return
     with torch.autocast(torch.device(device).type, dtype=dtype):
         yield
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bf16 in hardware: a CUDA GPU that supports it, an x86 CPU with
+    AVX512-BF16 or AMX-BF16 (Zen 4, Sapphire Rapids and later). Other CPUs: not measured, no."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    caps = torch.cpu.get_capabilities()
+    return kind == "cpu" and bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
+def resolved_amp_dtype(amp_dtype: str, device: torch.device | str) -> str:
+    """``amp_dtype`` as it computes on ``device``: ``auto`` becomes ``bf16`` or ``none``."""
+    if amp_dtype == "auto":
+        return "bf16" if native_bf16(device) else "none"
+    return amp_dtype
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` (same parameters and state_dict) that pads explicitly where CPU bf16 needs it.
+
+    Where zero padding lets the kernel be larger than its input in some dimension (R3D's
+    3-deep kernels on 2-frame maps: layer3 of the 8-frame demo, layer4 of 16-frame R3D-18),
+    oneDNN's CPU bf16 backward-weights kernel (``jit_bf16:avx512_core_bf16``, torch 2.14.1)
+    reads memory it never wrote: the weight gradient is garbage (relative error ~1 against
+    fp64) or NaN, depending on what the allocator hands it, while the forward pass and the
+    input gradient are right. Measured over 280 shapes (depths 1-8, kernels 1-5, paddings,
+    strides; 2026-12-06): wrong exactly where the input is shallower than the kernel and the
+    output deeper than 1. The same convolution on an input padded beforehand (then no longer
+    smaller than the kernel) is the same arithmetic, and right in bf16 in all 912 such cases
+    tried; fp32 never needed it.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and overhangs(x, self.kernel_size):
+            pt, ph, pw = self.padding  # R3D's convolutions: int paddings, zeros mode
+            x = F.pad(x, (pw, pw, ph, ph, pt, pt))
+            return F.conv3d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return super().forward(x)
+
+
+def overhangs(x: torch.Tensor, kernel: tuple[int, ...]) -> bool:
+    """Whether a kernel is larger than the input ``x`` [N, C, T, H, W] in some dimension."""
+    return any(size < k for size, k in zip(x.shape[2:], kernel, strict=True))
 
 
 def grad_scaler(p: Precision, device: torch.device | str) -> torch.amp.GradScaler:

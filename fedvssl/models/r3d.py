@@ -13,14 +13,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fedvssl.models.precision import Conv3d
+
 BACKBONE_PREFIX = "backbone."
 _BN_EPS = 1e-3
 
 
 def _conv(cin: int, cout: int, kernel, stride, padding) -> nn.Sequential:
-    # CtP wraps each Conv3d in a Sequential under the name "conv".
+    # CtP wraps each Conv3d in a Sequential under the name "conv". Conv3d: nn.Conv3d that
+    # pads explicitly where CPU bf16 autocast would get its weight gradient wrong.
     seq = nn.Sequential()
-    seq.add_module("conv", nn.Conv3d(cin, cout, kernel, stride, padding, bias=False))
+    seq.add_module("conv", Conv3d(cin, cout, kernel, stride, padding, bias=False))
     return seq
 
 
@@ -78,7 +81,7 @@ class R3D18(nn.Module):
         self.ctp_strides = ctp_strides
         self.out_channels = 8 * width
         self.stem = nn.Sequential()
-        self.stem.add_module("conv", nn.Conv3d(3, width, (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False))
+        self.stem.add_module("conv", Conv3d(3, width, (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False))
         self.stem.add_module("bn", nn.BatchNorm3d(width, eps=_BN_EPS))
         self.stem.add_module("relu", nn.ReLU(inplace=True))
         spatial = (False, True, True, not ctp_strides)
