@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -10,12 +11,15 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from fedvssl.config import CONFIG_KEY, build_method, from_yaml
+from fedvssl.federated.client_dp import clipping_mod
 from fedvssl.federated.records import LazyArrays, is_in_memory, reply_record
 from fedvssl.federated.training import local_train
 from fedvssl.processes import object_store_mb, release_heap
 from fedvssl.settings import client_settings
 
-app = ClientApp()
+# Client-side clipping for central DP (strategy.dp with a ClientSide wrapper): Flower's mods,
+# applied only when the server's config asks for them (client_dp.py).
+app = ClientApp(mods=[clipping_mod])
 
 # Per-SuperNode settings (``flower-supernode --node-config "..."``) that override the
 # server's config, for federations where every node has its own disks.
@@ -47,19 +51,24 @@ def node_config(cfg, context: Context):
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """The message carries the client's part of the run config; the node config says which partition is ours."""
+    start = time.perf_counter()
     config = msg.content["config"]
     cfg = node_config(from_yaml(str(config[CONFIG_KEY])), context)
     partition_id = int(context.node_config["partition-id"])
     arrays: ArrayRecord = msg.content["arrays"]
     # A view on the message's bytes: each tensor is copied once, straight into the model.
     received = LazyArrays(arrays)
+    # FedProx (strategy=fedprox): mu comes with every round, as Flower's FedProx sends it.
+    mu = float(config.get("proximal-mu", 0.0))
     shared, metrics = local_train(
-        client_settings(cfg), build_method(cfg), partition_id, int(config["server-round"]), received
+        client_settings(cfg), build_method(cfg), partition_id, int(config["server-round"]), received, mu
     )
     attack = instantiate(cfg.fault.attack) if cfg.get("fault", {}).get("attack") else None
     if attack is not None and attack.applies(partition_id):  # benchmarks/poisoning.py
         shared, metrics = attack(shared, received, metrics, (cfg.seed, int(config["server-round"]), partition_id))
     metrics["partition-id"] = partition_id
+    if mu:
+        metrics["proximal-mu"] = mu  # in the history: the client trained with FedProx's term
     # Where the client ran: the GPU Ray gave its process, and the process (one actor serves several clients).
     metrics["gpu"] = visible_gpu()
     metrics["pid"] = os.getpid()
@@ -72,6 +81,7 @@ def train(msg: Message, context: Context) -> Message:
     # update); the model trained in float32. NumPy-backed if the server's record was: then it
     # passes Ray's object store without a pickled copy (records.py).
     reply = reply_record(shared, received, str(config.get("transfer-dtype", "float32")), is_in_memory(arrays))
+    metrics["time-client"] = time.perf_counter() - start  # the whole message, local_train's train-time within it
     content = RecordDict({"arrays": reply, "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 

@@ -16,13 +16,9 @@ weights. The configs set ``alpha: 0``: weights by sample counts.
 Replies in bfloat16 transfer are updates; the rule gets the clients' models ``G + u_k``.
 
 Rules that keep server state between rounds (FedAvgM's momentum, FedAdam, FedYogi and
-FedAdagrad's moments and ``current_arrays``; the DP wrappers' clipping state) are refused
-for now: their state would be lost at a resume. To admit one, set its ``current_arrays``
-to the round's global model before ``combine`` (as its ``configure_train`` would), save its
-state next to each round's checkpoint through the run folder (its moments as a
-``.npz`` written in the same background write as the checkpoint, before the history that
-lists the round, so a round counts only with its state), and load it in the ServerApp
-when it resumes; then :func:`build_rule` may accept it.
+FedAdagrad's moments) and Flower's central DP wrappers are refused here: they run in
+:class:`fedvssl.federated.optimizers.ServerOptimizer`, which saves their state with each
+round's checkpoint and restores it when a run resumes.
 """
 
 from __future__ import annotations

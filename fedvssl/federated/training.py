@@ -20,6 +20,7 @@ from tqdm import tqdm
 from fedvssl.data.client_dist import client_file, read_partition
 from fedvssl.data.datasets import PretextDataset
 from fedvssl.errors import DataError
+from fedvssl.federated.proximal import ProximalTerm
 from fedvssl.models.device import device_of
 from fedvssl.models.precision import FP32, Precision, autocast, grad_scaler, pin_memory, prepare, to_device
 from fedvssl.models.r3d import BACKBONE_PREFIX
@@ -76,11 +77,13 @@ def train_epoch(
     progress: bool = False,
     device: str | torch.device = "cpu",
     precision: Precision = FP32,
+    proximal: ProximalTerm | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``; returns the mean loss, mean metrics and the sample count.
 
     ``model`` is already on ``device`` in ``precision``'s format (:func:`prepare`); the
     forward pass and the loss run under its autocast, the backward pass outside it.
+    ``proximal``: FedProx's term, added to each step's loss (the reported loss is the pretext loss).
     """
     device = torch.device(device)
     model.train()
@@ -88,7 +91,13 @@ def train_epoch(
     scaler = grad_scaler(precision, device)
     clip = method.optimizer.get("grad_clip")
     total, seen, sums, replaced = 0.0, 0, {}, []
+    # Seconds spent waiting for batches (decoding and augmenting, in this process without
+    # loader workers) and computing on them: the demo profile (benchmarks/demo_profile.py).
+    waited = computed = 0.0
+    tick = time.perf_counter()
     for batch in tqdm(loader, desc="local epoch", disable=not progress, leave=False):
+        got = time.perf_counter()
+        waited += got - tick
         bad = batch.pop("bad", None)
         if bad is not None:
             replaced += [int(b) for b in torch.as_tensor(bad).tolist() if b >= 0]
@@ -96,32 +105,40 @@ def train_epoch(
             loss, metrics = method.loss(model, to_device(batch, precision, device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()}")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)  # clip and check the true gradients (a no-op unless fp16)
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip or math.inf)
-        # A finite loss can still give non-finite gradients (torch's CPU bf16 backward does on
-        # some CPUs); one such step would turn every weight into NaN and poison the global model.
-        # fp16's scaler skips its own overflowed steps, so only other precisions stop here.
-        if not torch.isfinite(norm) and not scaler.is_enabled():
-            raise FloatingPointError(
-                f"non-finite gradients (norm {norm.item()}) after a finite loss"
-                f" with runtime.precision.amp_dtype={precision.amp_dtype}"
-            )
-        scaler.step(optimizer)
-        scaler.update()
+        _step(model, loss if proximal is None else loss + proximal(), optimizer, scaler, clip, precision)
         n = len(next(iter(batch.values())))
         total += loss.item() * n
         seen += n
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v * n
+        tick = time.perf_counter()
+        computed += tick - got
     if seen == 0:
         raise ValueError("the client has no training samples")
     if replaced:
         paths = [loader.dataset.records[i].path for i in replaced[:3]]
         log.warning("replaced %d undecodable video(s) this epoch; first: %s", len(replaced), paths)
     means = {k: v / seen for k, v in sums.items()}
-    return {"train-loss": total / seen, "num-examples": seen, "bad-videos": len(replaced), **means}
+    times = {"time-data": waited, "time-compute": computed}
+    return {"train-loss": total / seen, "num-examples": seen, "bad-videos": len(replaced), **means, **times}
+
+
+def _step(model: PretextModel, loss: torch.Tensor, optimizer, scaler, clip: float | None, p: Precision) -> None:
+    """Backward, clip, and the optimiser step, unless the gradients are not finite."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)  # clip and check the true gradients (a no-op unless fp16)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip or math.inf)
+    # A finite loss can still give non-finite gradients (a faulty kernel: see precision.Conv3d);
+    # one such step would turn every weight into NaN and poison the global model. fp16's
+    # scaler skips its own overflowed steps, so only other precisions stop here.
+    if not torch.isfinite(norm) and not scaler.is_enabled():
+        raise FloatingPointError(
+            f"non-finite gradients (norm {norm.item()}) after a finite loss"
+            f" with runtime.precision.amp_dtype={p.amp_dtype}"
+        )
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def local_train(
@@ -130,8 +147,12 @@ def local_train(
     partition_id: int,
     server_round: int,
     global_arrays: Mapping[str, np.ndarray],
+    proximal_mu: float = 0.0,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """A client's participation: own head + global shared tensors -> one epoch -> shared tensors."""
+    """A client's participation: own head + global shared tensors -> one epoch -> shared tensors.
+
+    ``proximal_mu`` > 0: FedProx's ``mu / 2 * ||w - w_global||^2`` over the shared parameters.
+    """
     start = time.perf_counter()
     torch.set_num_threads(s.torch_threads)
     share = s.share
@@ -147,7 +168,32 @@ def local_train(
         model.load_state_dict(head, strict=False)
     load_shared(model, global_arrays, keys)
     prepare(model, s.precision, device)
+    proximal = ProximalTerm(model, keys, proximal_mu) if proximal_mu else None  # anchored at the global model
 
+    loader = client_loader(s, method, run, partition_id, server_round)
+    set_up = time.perf_counter()
+    metrics = train_epoch(
+        model, method, loader, progress=s.progress, device=device, precision=s.precision, proximal=proximal
+    )
+    trained = time.perf_counter()
+    metrics["num-examples"] = len(loader.dataset.records) // s.clips_per_video  # n_k: the client's videos
+
+    if share != "full":
+        sd = model.state_dict()
+        run.save_head(partition_id, server_round, {k: v for k, v in sd.items() if k not in keys})
+    shared = state_to_numpy(model, keys)
+    end = time.perf_counter()
+    # The client's own wall time around the epoch (model, head, data set-up; head and reply).
+    metrics.update({"time-setup": set_up - start, "time-teardown": end - trained, "train-time": end - start})
+    metrics["rss-mb"] = rss_mb()  # of the process serving this client (a Ray actor in simulation)
+    log.info("client %d round %d: %s", partition_id, server_round, metrics)
+    return shared, metrics
+
+
+def client_loader(
+    s: ClientSettings, method: SSLMethod, run: RunFolder, partition_id: int, server_round: int
+) -> DataLoader:
+    """The client's usable videos, each ``s.clips_per_video`` times, in a seeded shuffled loader."""
     partition_file = client_file(Path(s.partition_dir), partition_id + 1)
     listed = read_partition(partition_file, Path(s.videos))
     # Missing and unusable videos (screened by the main job) are not trained on, so
@@ -164,7 +210,7 @@ def local_train(
     examples = records * s.clips_per_video
     seed = (s.seed, server_round, partition_id)
     dataset = PretextDataset(examples, method, s.decode_backend, seed, frame_cache=s.frame_cache)
-    loader = DataLoader(
+    return DataLoader(
         dataset,
         batch_size=s.batch_size,
         shuffle=True,
@@ -173,16 +219,6 @@ def local_train(
         # torch refuses the argument without workers.
         prefetch_factor=s.prefetch_factor if s.num_workers > 0 else None,
         persistent_workers=False,
-        pin_memory=pin_memory(device),
+        pin_memory=pin_memory(device_of(s.device)),
         generator=torch.Generator().manual_seed(seed_of(s.seed, server_round, partition_id)),
     )
-    metrics = train_epoch(model, method, loader, progress=s.progress, device=device, precision=s.precision)
-    metrics["num-examples"] = len(records)  # n_k: the client's videos, however many clips each gave
-
-    if share != "full":
-        sd = model.state_dict()
-        run.save_head(partition_id, server_round, {k: v for k, v in sd.items() if k not in keys})
-    metrics["train-time"] = time.perf_counter() - start
-    metrics["rss-mb"] = rss_mb()  # of the process serving this client (a Ray actor in simulation)
-    log.info("client %d round %d: %s", partition_id, server_round, metrics)
-    return state_to_numpy(model, keys), metrics
