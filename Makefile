@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 ARGS ?=
-# Flower's environment (no telemetry, ...) is defined once, in fedvssl/run_setup.py (FLOWER_ENV):
+# Flower's environment (no telemetry, ...) is defined once, in fedvssl/prepare.py (FLOWER_ENV):
 # the main job sets it, and so does tests/conftest.py for the test session.
 
 .PHONY: setup run test test-fast lint format

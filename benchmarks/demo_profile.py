@@ -40,7 +40,7 @@ import numpy as np
 
 from dataset_preparation.synthetic import ensure
 from fedvssl.data.video import BUDGET_ENV
-from fedvssl.run_setup import FLOWER_ENV
+from fedvssl.prepare import FLOWER_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_ROUNDS = 20
@@ -62,7 +62,7 @@ class Profile:
 
     wall: float
     startup: float
-    data: float  # of the start-up: set_up_run (screening, partitions)
+    data: float  # of the start-up: prepare_run (screening, partitions)
     rounds: list[dict[str, float]]
     evaluation: float
     after: float  # Ray's shutdown, history plot, results, exit (evaluation excluded)

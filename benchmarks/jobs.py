@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedvssl.run_setup import FLOWER_ENV
+from fedvssl.prepare import FLOWER_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 

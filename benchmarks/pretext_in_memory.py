@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from dataset_preparation.synthetic import MOTIONS, WorldSpec, render_video
-from fedvssl.config import CONF_DIR
+from fedvssl.config.checks import CONF_DIR
 from fedvssl.data.presets import TrainPreset
 from fedvssl.data.transforms import at_crop, normalize
 from fedvssl.models.heads import ClsHead

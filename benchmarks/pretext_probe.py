@@ -21,12 +21,12 @@ from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader, RandomSampler
 
 from dataset_preparation.synthetic import WorldSpec, ensure
-from fedvssl.config import CONF_DIR, build_method, validate
+from fedvssl.config.checks import CONF_DIR, build_method, validate
+from fedvssl.config.settings import evaluation_settings, pretrain_source
 from fedvssl.data.datasets import PretextDataset
 from fedvssl.data.lists import pretrain_list
-from fedvssl.downstream.evaluate import evaluate_states
+from fedvssl.downstream.protocol import evaluate_states
 from fedvssl.federated.training import train_epoch
-from fedvssl.settings import evaluation_settings, pretrain_source
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         child(a.rounds, a.clients, a.per_round, a.child, a.out)
         return
 
-    from fedvssl.run_setup import FLOWER_ENV
+    from fedvssl.prepare import FLOWER_ENV
 
     work = Path(tempfile.mkdtemp(prefix="fedvssl-runtime-memory-"))
     results = {}

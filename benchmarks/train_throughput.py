@@ -34,7 +34,7 @@ from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader
 
 from dataset_preparation.synthetic import ensure
-from fedvssl.config import build_method
+from fedvssl.config.checks import build_method
 from fedvssl.data.datasets import PretextDataset
 from fedvssl.data.kinetics import read_kinetics_csv
 from fedvssl.models.precision import Precision, autocast, prepare, to_device

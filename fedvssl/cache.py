@@ -17,14 +17,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from fedvssl.config import CONF_DIR, check_cache_build, validate
+from fedvssl.config.checks import CONF_DIR, check_cache_build, validate
+from fedvssl.config.settings import downstream_set, pretrain_source
+from fedvssl.core.errors import RunError, one_line_errors
 from fedvssl.data.frame_cache import Manifest, write_manifest
 from fedvssl.data.frame_cache_build import build_cache
 from fedvssl.data.lists import DOWNSTREAM_READERS, pretrain_list, published_list
 from fedvssl.data.partitions import PUBLISHED
-from fedvssl.errors import RunError, one_line_errors
-from fedvssl.run_setup import generate_data
-from fedvssl.settings import downstream_set, pretrain_source
+from fedvssl.prepare import generate_data
 
 
 def listed_videos(cfg: DictConfig) -> list[str]:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from fedvssl.errors import CheckpointError, one_line_errors
-from fedvssl.files import save_npz
+from fedvssl.core.errors import CheckpointError, one_line_errors
+from fedvssl.core.files import save_npz
 from fedvssl.models.checkpoints import load_backbone_state, to_torchvision
 
 BN_NOTE = "note: set BatchNorm3d eps=1e-3 in torchvision's r3d_18 to match fedvssl (CtP) outputs exactly"

@@ -15,9 +15,9 @@ import time
 import hydra
 from omegaconf import DictConfig
 
-from fedvssl.config import CONF_DIR, validate
-from fedvssl.errors import CheckpointError, one_line_errors
-from fedvssl.run_folder import RunFolder
+from fedvssl.config.checks import CONF_DIR, validate
+from fedvssl.core.errors import CheckpointError, one_line_errors
+from fedvssl.core.run_folder import RunFolder
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -25,11 +25,11 @@ from fedvssl.run_folder import RunFolder
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from fedvssl.downstream.evaluate import checkpoint_and_control, evaluate_states
+    from fedvssl.config.settings import evaluation_settings
+    from fedvssl.downstream.protocol import checkpoint_and_control, evaluate_states
     from fedvssl.downstream.retrieval import NonFiniteFeatures, bad_tensor
+    from fedvssl.prepare import generate_data
     from fedvssl.reports.tables import precision_record, results_markdown
-    from fedvssl.run_setup import generate_data
-    from fedvssl.settings import evaluation_settings
 
     validate(cfg)
     generate_data(cfg)

@@ -16,10 +16,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fedvssl.config import CONF_DIR, ConfigError, build_method, validate
-from fedvssl.errors import RunError, one_line_errors
-from fedvssl.run_folder import RunFolder
-from fedvssl.run_setup import set_up_run
+from fedvssl.config.checks import CONF_DIR, ConfigError, build_method, validate
+from fedvssl.core.errors import RunError, one_line_errors
+from fedvssl.core.run_folder import RunFolder
+from fedvssl.prepare import prepare_run
 
 log = logging.getLogger("fedvssl")
 
@@ -28,10 +28,10 @@ def simulate(cfg: DictConfig) -> None:
     """Run the ServerApp and ClientApp in Flower's simulation runtime on Ray."""
     from flwr.simulation import run_simulation
 
+    from fedvssl.core.processes import record_while_running, stop_descendants, stop_leftovers, stop_on_signals
     from fedvssl.federated.backend import quiet_flower_console, simulation_backend
     from fedvssl.federated.client_app import app as client_app
     from fedvssl.federated.server_app import app as server_app
-    from fedvssl.processes import record_while_running, stop_descendants, stop_leftovers, stop_on_signals
 
     backend = simulation_backend(cfg.runtime)
     quiet_flower_console()
@@ -59,10 +59,10 @@ def simulate(cfg: DictConfig) -> None:
             recorder.join(timeout=10)
 
 
-def evaluate(cfg: DictConfig, checkpoint: Path) -> dict:
+def run_downstream(cfg: DictConfig, checkpoint: Path) -> dict:
     """Downstream scores of the final global backbone (and of its random-init control)."""
-    from fedvssl.downstream.evaluate import checkpoint_and_control, evaluate_states
-    from fedvssl.settings import evaluation_settings
+    from fedvssl.config.settings import evaluation_settings
+    from fedvssl.downstream.protocol import checkpoint_and_control, evaluate_states
 
     settings = evaluation_settings(cfg)
     return evaluate_states(settings, checkpoint_and_control(settings, checkpoint))
@@ -100,7 +100,7 @@ def run(cfg: DictConfig) -> dict:
         raise ConfigError(f"resume=true: {run.root} holds no run to resume; give the run's folder as hydra.run.dir=...")
     times = {}
     start = time.perf_counter()
-    set_up_run(cfg)
+    prepare_run(cfg)
     times["data_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -120,7 +120,7 @@ def run(cfg: DictConfig) -> dict:
 
     start = time.perf_counter()
     # finetune.datasets=[]: pretraining only (evaluate the checkpoint later, elsewhere).
-    results = evaluate(cfg, checkpoint) if cfg.finetune.datasets else {}
+    results = run_downstream(cfg, checkpoint) if cfg.finetune.datasets else {}
     times["evaluation_s"] = time.perf_counter() - start
     results["run"] = {
         "checkpoint": str(checkpoint),

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from helpers import flower_env_for
 
-from fedvssl.run_setup import FLOWER_ENV
+from fedvssl.prepare import FLOWER_ENV
 
 # Flower in this process (strategies, apps) runs in the same environment as the main job.
 for _key, _value in FLOWER_ENV.items():

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from flwr.common.typing import Parameters
 
-from fedvssl.run_setup import FLOWER_ENV
+from fedvssl.prepare import FLOWER_ENV
 from fedvssl.ssl.speed import Speed
 
 ROOT = Path(__file__).resolve().parents[1]

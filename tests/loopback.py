@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fedvssl.processes import cmdline
+from fedvssl.core.processes import cmdline
 
 
 def free_port() -> int:

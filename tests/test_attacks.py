@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from fedvssl.config import CONF_DIR, ConfigError, validate
+from fedvssl.config.checks import CONF_DIR, ConfigError, validate
 from fedvssl.federated.attacks import Attack
 
 RNG = np.random.default_rng(0)

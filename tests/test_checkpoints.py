@@ -9,7 +9,7 @@ import torch
 from helpers import ROOT, write_layout
 from torchvision.models.video import r3d_18
 
-from fedvssl.files import load_npz, save_npz
+from fedvssl.core.files import load_npz, save_npz
 from fedvssl.models.checkpoints import CheckpointError, load_backbone_state
 from fedvssl.models.r3d import R3D18
 

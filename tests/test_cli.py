@@ -18,7 +18,7 @@ import pytest
 import torch
 from helpers import ROOT, TAILS, killing_group_after, left_in_group, process_group, run_main, run_module
 
-from fedvssl.files import load_npz
+from fedvssl.core.files import load_npz
 
 pytestmark = pytest.mark.slow  # every test runs the main job in a subprocess, most of them on Ray
 

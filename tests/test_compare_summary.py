@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import run_main
 
-from fedvssl.config import CONF_DIR, validate
+from fedvssl.config.checks import CONF_DIR, validate
 from fedvssl.reports.sweep import strategy_gains, write_summary
 
 # The comparison sweep as the docs give it (27 demo runs; run again, it skips finished jobs).

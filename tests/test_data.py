@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from dataset_preparation.synthetic import _HEADINGS, MOTIONS, WorldSpec, _trajectory, render_video
+from fedvssl.core.errors import DataError
 from fedvssl.data.datasets import ClipsDataset
 from fedvssl.data.hmdb51 import read_hmdb51
 from fedvssl.data.kinetics import read_kinetics_csv
 from fedvssl.data.samplers import uniform_clip_starts
 from fedvssl.data.ucf101 import read_ucf101
 from fedvssl.data.video import DecordReader
-from fedvssl.errors import DataError
 
 
 def test_world_is_deterministic():

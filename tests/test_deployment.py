@@ -20,8 +20,8 @@ import pytest
 from helpers import ROOT
 from loopback import free_port, is_loopback, kill_if_same, listening_addresses, wait_for, wait_for_port
 
-from fedvssl.files import load_npz
-from fedvssl.processes import cmdline, descendants
+from fedvssl.core.files import load_npz
+from fedvssl.core.processes import cmdline, descendants
 
 pytestmark = pytest.mark.slow  # real SuperLink and SuperNode processes
 

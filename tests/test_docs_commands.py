@@ -35,10 +35,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
-from fedvssl.config import check_cache_build, client_config, validate
+from fedvssl.config.checks import check_cache_build, client_config, validate
+from fedvssl.config.settings import client_settings, evaluation_settings
 from fedvssl.data.frame_cache import Manifest, write_manifest
 from fedvssl.federated import backend
-from fedvssl.settings import client_settings, evaluation_settings
 
 DOCS = [ROOT / "README.md", ROOT / "EXTENDED_README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 SHELL_BLOCKS = ("bash", "sh", "shell", "console")

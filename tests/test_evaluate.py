@@ -7,8 +7,8 @@ import pytest
 import torch
 from helpers import ROOT, run_module, write_layout
 
+from fedvssl.core.files import save_npz
 from fedvssl.downstream.finetune import accuracies, video_logits
-from fedvssl.files import save_npz
 from fedvssl.models.r3d import R3D18
 
 TINY = [
@@ -114,9 +114,9 @@ def test_fine_tuning_learns_above_chance(tmp_path):
     from hydra import compose, initialize_config_dir
 
     from dataset_preparation.synthetic import WorldSpec, generate
+    from fedvssl.config.settings import evaluation_settings
     from fedvssl.data.lists import downstream_splits
     from fedvssl.downstream.finetune import finetune
-    from fedvssl.settings import evaluation_settings
 
     root = generate(
         tmp_path / "w",

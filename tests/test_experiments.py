@@ -22,8 +22,8 @@ from helpers import ROOT, run_main, simulate_in_process, stamp_task_identity
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from fedvssl.config import validate
-from fedvssl.errors import ConfigError
+from fedvssl.config.checks import validate
+from fedvssl.core.errors import ConfigError
 from fedvssl.federated.backend import simulation_backend
 from fedvssl.reports.sweep import paper_rows, paper_table
 
@@ -322,7 +322,7 @@ def run_in_process(name: str, data: Path, run_dir: Path) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
     import fedvssl.main as entry
-    from fedvssl.config import CONFIG_ENV
+    from fedvssl.config.checks import CONFIG_ENV
 
     args = run_args(name, data)
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
@@ -332,7 +332,7 @@ def run_in_process(name: str, data: Path, run_dir: Path) -> dict:
         with pytest.MonkeyPatch.context() as mp:
             stamp_task_identity(mp)
             mp.setattr(entry, "simulate", simulate_in_process)
-            mp.setenv(CONFIG_ENV, "")  # set_up_run points it at this run's config
+            mp.setenv(CONFIG_ENV, "")  # prepare_run points it at this run's config
             validate(job)
             simulation_backend(job.runtime)  # what the entry point checks before any work
             return entry.run(job)

@@ -5,11 +5,11 @@ import torch
 from helpers import ROOT
 from hydra import compose, initialize_config_dir
 
-from fedvssl.config import validate
+from fedvssl.config.checks import validate
+from fedvssl.config.settings import evaluation_settings
+from fedvssl.core.errors import ConfigError
 from fedvssl.data.lists import downstream_splits
 from fedvssl.downstream.finetune import build_classifier, finetune, train_classifier
-from fedvssl.errors import ConfigError
-from fedvssl.settings import evaluation_settings
 
 
 def settings_and_videos(world, tmp_path, *overrides):

@@ -12,7 +12,8 @@ import torch
 from helpers import ROOT, make_speed, one_error_line, run_main, run_module
 from PIL import Image
 
-from fedvssl.config import check_cache_build, validate
+from fedvssl.config.checks import check_cache_build, validate
+from fedvssl.core.errors import ConfigError, DataError
 from fedvssl.data import transforms as T
 from fedvssl.data.annotations import VideoRecord
 from fedvssl.data.datasets import PretextDataset
@@ -20,7 +21,6 @@ from fedvssl.data.frame_cache import CacheMiss, Manifest, entry_path, read_failu
 from fedvssl.data.frame_cache_build import build_cache, build_entry
 from fedvssl.data.screening import ScreeningSettings, screen, skipped, usable
 from fedvssl.data.video import DecordReader, make_reader
-from fedvssl.errors import ConfigError, DataError
 
 QUALITY = 90
 # JPEG's error at quality 90 (4:2:0 chroma) on the world's frames, per video: a mean absolute
@@ -301,7 +301,7 @@ def test_a_run_trains_and_evaluates_from_the_cache(tmp_path, flower_env, world):
 def test_a_supernode_points_the_run_at_its_own_paths_and_cache(tmp_path):
     from flwr.app import Context, RecordDict
 
-    from fedvssl.config import client_config
+    from fedvssl.config.checks import client_config
     from fedvssl.federated.client_app import node_config
 
     cfg = client_config(compose(tmp_path, "runtime.decode_backend=cache", "runtime.frame_cache=/server/cache"))

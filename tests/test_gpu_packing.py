@@ -13,7 +13,7 @@ import pytest
 from helpers import run_main
 from omegaconf import OmegaConf
 
-from fedvssl.errors import ConfigError
+from fedvssl.core.errors import ConfigError
 from fedvssl.federated.backend import simulation_backend
 
 GOOD = {

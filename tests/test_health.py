@@ -8,6 +8,7 @@ import pytest
 import torch
 from helpers import make_speed
 
+from fedvssl.core.errors import DataError
 from fedvssl.data.annotations import index_videos
 from fedvssl.data.client_dist import read_partition
 from fedvssl.data.datasets import ClipsDataset, PretextDataset
@@ -15,7 +16,6 @@ from fedvssl.data.hmdb51 import read_hmdb51
 from fedvssl.data.kinetics import read_kinetics_csv
 from fedvssl.data.screening import ProbeCache, enforce, screen
 from fedvssl.data.ucf101 import read_ucf101
-from fedvssl.errors import DataError
 
 
 def kinetics(world):

@@ -1,10 +1,10 @@
 """The package's import graph: stages import only downwards, and nothing imports in a cycle.
 
-The stages, lowest first (README, "Layout"): the cross-cutting base (errors, atomic
-files, processes, the run folder), ``data``, ``models``, ``ssl``, ``config`` (the
-bridge from Hydra's config to typed values, which needs the readers and the methods
-to check them), ``federated``, ``downstream``, ``reports``, then the entry points
-(``main``, ``prepare``, ``evaluate``, ``convert`` and what they share in ``run_setup``).
+The stages, lowest first (README, "Layout"): ``core`` (errors, atomic files, processes,
+the run folder), ``data``, ``models``, ``ssl``, ``config`` (the checks of Hydra's config
+and the typed settings, which need the readers and the methods to check them),
+``federated``, ``downstream``, ``reports``, then the entry points (``main``, ``prepare``,
+``evaluate``, ``convert``, ``cache``).
 ``dataset_preparation`` builds on ``fedvssl``; ``fedvssl`` never imports it.
 """
 
@@ -21,19 +21,14 @@ PACKAGES = ("fedvssl", "dataset_preparation")
 # Module name prefix -> stage; the longest matching prefix wins.
 STAGES = {
     "fedvssl": 0,
-    "fedvssl.errors": 0,
-    "fedvssl.files": 0,
-    "fedvssl.processes": 0,
-    "fedvssl.run_folder": 0,
+    "fedvssl.core": 0,
     "fedvssl.data": 1,
     "fedvssl.models": 2,
     "fedvssl.ssl": 3,
     "fedvssl.config": 4,
-    "fedvssl.settings": 4,
     "fedvssl.federated": 5,
     "fedvssl.downstream": 6,
     "fedvssl.reports": 7,
-    "fedvssl.run_setup": 8,
     "fedvssl.main": 8,
     "fedvssl.prepare": 8,
     "fedvssl.evaluate": 8,
@@ -140,7 +135,7 @@ def test_no_import_cycle():
     [
         ("fedvssl/data/video.py", "from fedvssl.ssl.base import SSLMethod", "imports fedvssl.ssl.base"),
         ("fedvssl/models/r3d.py", "    from fedvssl.federated import training", "imports fedvssl.federated.training"),
-        ("fedvssl/files.py", "import dataset_preparation.synthetic", "imports dataset_preparation.synthetic"),
+        ("fedvssl/core/files.py", "import dataset_preparation.synthetic", "imports dataset_preparation.synthetic"),
         ("fedvssl/main.py", "from dataset_preparation import partition", "never depends on dataset_preparation"),
     ],
 )

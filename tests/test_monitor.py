@@ -125,9 +125,9 @@ def compose_tiny(world, tmp_path, *overrides):
 @pytest.mark.slow  # two retrievals over real videos: about 35 s on 2 cores
 def test_the_monitor_scores_the_given_state_and_the_control_once(world, tmp_path, monkeypatch):
     import fedvssl.downstream.monitor as monitor_module
-    from fedvssl.downstream.evaluate import build_backbone
+    from fedvssl.config.settings import evaluation_settings
     from fedvssl.downstream.monitor import RetrievalMonitor
-    from fedvssl.settings import evaluation_settings
+    from fedvssl.downstream.protocol import build_backbone
 
     settings = evaluation_settings(compose_tiny(world, tmp_path))
     evaluated = []
@@ -166,8 +166,8 @@ def test_the_monitor_scores_the_given_state_and_the_control_once(world, tmp_path
     ],
 )
 def test_bad_monitor_values_name_the_key(tmp_path, overrides, expected):
-    from fedvssl.config import validate
-    from fedvssl.errors import ConfigError
+    from fedvssl.config.checks import validate
+    from fedvssl.core.errors import ConfigError
 
     cfg = compose_tiny(tmp_path / "none", tmp_path, *overrides)
     with pytest.raises(ConfigError) as error:

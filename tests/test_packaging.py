@@ -20,9 +20,9 @@ def test_installed_wheel_runs_from_anywhere(tmp_path):
     target = tmp_path / "site"
     assert subprocess.run([*pip, "install", "--no-deps", "--target", target, wheel]).returncode == 0
     env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    code = "import fedvssl.config as c; print(c.__file__); print(c.CONF_DIR)"
+    code = "import fedvssl.config.checks as c; print(c.__file__); print(c.CONF_DIR)"
     where = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert where.stdout.splitlines() == [str(target / "fedvssl/config.py"), str(target / "fedvssl/conf")]
+    assert where.stdout.splitlines() == [str(target / "fedvssl/config/checks.py"), str(target / "fedvssl/conf")]
     job = subprocess.run(
         [sys.executable, "-m", "fedvssl.main", "--cfg", "job", "strategy.alpha=0.5"],
         cwd=tmp_path,

@@ -9,8 +9,8 @@ import pytest
 from helpers import ROOT
 
 from dataset_preparation.synthetic import WorldSpec
+from fedvssl.core.errors import DataError
 from fedvssl.data.partitions import dirichlet, iid, noniid, noniid_windows, ucf101_items, write_partition
-from fedvssl.errors import DataError
 
 
 def class_items(counts):
@@ -44,7 +44,7 @@ def test_main_job_splits_ucf101_as_the_partition_command(tmp_path, world):
     """The main job's iid split of UCF-101 is Flower's: trainlist order, then the seeded shuffle."""
     from hydra import compose, initialize_config_dir
 
-    from fedvssl.run_setup import screen_and_partition
+    from fedvssl.prepare import screen_and_partition
 
     overrides = ["dataset=ucf101", f"dataset.root={world}", "partition.num_clients=3", f"run.dir={tmp_path}"]
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):

@@ -15,10 +15,11 @@ from helpers import ROOT, make_speed
 from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader
 
-from fedvssl.config import client_config, validate
+from fedvssl.config.checks import client_config, validate
+from fedvssl.config.settings import client_settings, evaluation_settings
+from fedvssl.core.errors import ConfigError
 from fedvssl.downstream.finetune import video_logits
 from fedvssl.downstream.retrieval import extract_features
-from fedvssl.errors import ConfigError
 from fedvssl.federated.training import train_epoch
 from fedvssl.models.precision import (
     FP32,
@@ -31,7 +32,6 @@ from fedvssl.models.precision import (
     to_device,
 )
 from fedvssl.models.r3d import R3D18
-from fedvssl.settings import client_settings, evaluation_settings
 
 BF16 = Precision(amp_dtype="bf16")
 CHANNELS_LAST = Precision(channels_last=True)

@@ -14,7 +14,7 @@ from helpers import ROOT, killing_group_after, left_in_group, process_group
 # inside ``stop_on_signals`` as a run waits inside the simulation.
 DRIVER = """
 import os, signal, subprocess, sys, time
-from fedvssl.processes import stop_on_signals
+from fedvssl.core.processes import stop_on_signals
 
 def abort_when_a_child_dies(*_):
     pid, status = os.waitpid(-1, os.WNOHANG)
@@ -51,7 +51,7 @@ def test_a_signal_stops_every_process_although_the_driver_aborts_when_one_dies(t
 # anything, as on a machine whose cores are busy with other work.
 RAY_DRIVER = """
 import sys, time
-import fedvssl.processes as processes
+import fedvssl.core.processes as processes
 
 freeze = processes.freeze_descendants
 processes.freeze_descendants = lambda: time.sleep(5) or freeze()

@@ -19,7 +19,7 @@ import pytest
 from helpers import ROOT
 from loopback import free_port, is_loopback, kill_if_same, listening_addresses, wait_for, wait_for_port
 
-from fedvssl.processes import cmdline, descendants
+from fedvssl.core.processes import cmdline, descendants
 
 pytestmark = pytest.mark.slow  # a Ray head and a simulation in subprocesses
 

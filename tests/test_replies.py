@@ -345,7 +345,7 @@ def test_non_finite_features_stop_the_retrieval_naming_the_backbone_and_the_vide
 def test_evaluating_a_checkpoint_with_negative_variances_stops_with_one_line(tmp_path, flower_env, world):
     from helpers import one_error_line, run_module
 
-    from fedvssl.files import save_npz
+    from fedvssl.core.files import save_npz
     from fedvssl.models.r3d import R3D18
 
     state = {f"backbone.{k}": v.numpy() for k, v in R3D18().state_dict().items()}

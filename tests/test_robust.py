@@ -8,11 +8,11 @@ import pytest
 from flwr.app import ConfigRecord
 from helpers import StaticGrid, run_main, stamp_task_identity, train_reply
 
+from fedvssl.core.files import load_npz
 from fedvssl.federated.bounds import Bounds, cap_weights, clip_losses, norm_bound
 from fedvssl.federated.records import from_bf16_bits, numpy_to_record, record_to_numpy, to_bf16_bits
 from fedvssl.federated.robust import FlowerRule
 from fedvssl.federated.strategy import FedVSSL
-from fedvssl.files import load_npz
 
 ROBUST = ["fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan"]
 G = {"backbone.w": np.zeros((2, 2), np.float32), "backbone.n": np.array(10, np.int64)}
@@ -248,8 +248,8 @@ def test_robust_strategies_run_in_the_simulation_and_resume(tmp_path, flower_env
 def test_robust_rules_are_selected_and_checked_by_config():
     from hydra import compose, initialize_config_dir
 
-    from fedvssl.config import CONF_DIR, validate
-    from fedvssl.errors import ConfigError
+    from fedvssl.config.checks import CONF_DIR, validate
+    from fedvssl.core.errors import ConfigError
 
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         for name in ROBUST:

@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from fedvssl.run_folder import RunFolder
+from fedvssl.core.run_folder import RunFolder
 
 
 def test_stop_reason_round_trip(tmp_path):

@@ -10,11 +10,11 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam
 from helpers import StaticGrid, stamp_task_identity, train_reply
 
+from fedvssl.core.run_folder import RunFolder
 from fedvssl.federated import privacy
 from fedvssl.federated.ldawa import LDAWA, ldawa_aggregate
 from fedvssl.federated.optimizers import ServerOptimizer, state_path
 from fedvssl.federated.records import numpy_to_record, record_to_numpy
-from fedvssl.run_folder import RunFolder
 
 RULES = {
     "fedavgm": {"_target_": "flwr.serverapp.strategy.FedAvgM", "server_learning_rate": 0.1, "server_momentum": 0.9},

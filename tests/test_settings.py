@@ -4,9 +4,9 @@ import pytest
 from helpers import ROOT
 from hydra import compose, initialize_config_dir
 
-from fedvssl.config import client_config
-from fedvssl.errors import ConfigError
-from fedvssl.settings import ClientSettings, client_settings, evaluation_settings, settings
+from fedvssl.config.checks import client_config
+from fedvssl.config.settings import ClientSettings, client_settings, evaluation_settings, settings
+from fedvssl.core.errors import ConfigError
 
 
 def compose_config(*overrides: str):
@@ -70,7 +70,7 @@ def test_a_mistyped_value_fails_with_one_line():
     ],
 )
 def test_downstream_datasets_are_a_list_of_known_names(tmp_path, value, expected):
-    from fedvssl.config import validate
+    from fedvssl.config.checks import validate
 
     with pytest.raises(ConfigError) as raised:
         validate(compose_config("input=tiny", f"dataset.root={tmp_path}", f"finetune.datasets={value}"))

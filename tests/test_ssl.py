@@ -6,7 +6,7 @@ import torch
 from helpers import ROOT, TAILS
 from hydra import compose, initialize_config_dir
 
-from fedvssl.config import build_method
+from fedvssl.config.checks import build_method
 from fedvssl.data.datasets import PretextDataset
 from fedvssl.data.kinetics import read_kinetics_csv
 from fedvssl.federated.training import train_epoch

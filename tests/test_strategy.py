@@ -8,9 +8,9 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.superlink.grid import InMemoryGrid
 from helpers import StaticGrid, assert_within_bf16_rounding, r3d_backbone_state
 
+from fedvssl.core.files import load_npz
 from fedvssl.federated.records import is_in_memory, numpy_to_record, record_to_numpy, reply_record
 from fedvssl.federated.strategy import FedVSSL
-from fedvssl.files import load_npz
 
 
 @pytest.fixture(autouse=True)
@@ -129,7 +129,7 @@ def test_checkpoint_retention_keeps_the_newest_and_every_kth(tmp_path):
     import os
     import stat
 
-    from fedvssl.run_folder import RunFolder
+    from fedvssl.core.run_folder import RunFolder
 
     strategy = FedVSSL(0.0, 0, "backbone", 2, 3, seed=7, out_dir=tmp_path, keep_last=2, keep_every=4)
     state = numpy_to_record({"backbone.w": np.ones(2, np.float32)})
@@ -309,7 +309,7 @@ def test_clients_are_told_the_transfer_dtype_with_each_message(tmp_path, transfe
     from helpers import ROOT
     from hydra import compose, initialize_config_dir
 
-    from fedvssl.config import client_config
+    from fedvssl.config.checks import client_config
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", ["run.dir=.", "strategy.transfer_dtype=bfloat16"])
@@ -451,7 +451,7 @@ def test_a_rounds_files_are_written_while_the_next_round_runs(tmp_path, monkeypa
     """aggregate_train hands the checkpoint to a writer thread and returns; close waits for it."""
     import threading
 
-    from fedvssl.run_folder import RunFolder
+    from fedvssl.core.run_folder import RunFolder
 
     returned, seen = threading.Event(), []
     save = RunFolder.save_checkpoint
@@ -470,7 +470,7 @@ def test_a_rounds_files_are_written_while_the_next_round_runs(tmp_path, monkeypa
 
 
 def test_a_failed_background_write_stops_the_run(tmp_path, monkeypatch):
-    from fedvssl.run_folder import RunFolder
+    from fedvssl.core.run_folder import RunFolder
 
     def full_disk(self, server_round, state):
         raise OSError(28, "No space left on device")

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from helpers import run_main
 
-from fedvssl.files import load_npz
+from fedvssl.core.files import load_npz
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +92,7 @@ def test_fedprox_and_client_side_clipping_through_the_real_apps(tmp_path, world)
     from hydra.core.hydra_config import HydraConfig
 
     import fedvssl.main as entry
-    from fedvssl.config import CONFIG_ENV, validate
+    from fedvssl.config.checks import CONFIG_ENV, validate
 
     args = [*TINY, "num_rounds=2", "strategy=fedprox", "+strategy/dp=client_fixed", "strategy.dp.clipping_norm=0.5"]
     args += [f"dataset.root={world}", f"data.probe_cache={tmp_path / 'cache'}"]
@@ -103,7 +103,7 @@ def test_fedprox_and_client_side_clipping_through_the_real_apps(tmp_path, world)
         with pytest.MonkeyPatch.context() as mp:
             stamp_task_identity(mp)
             mp.setattr(entry, "simulate", simulate_in_process)
-            mp.setenv(CONFIG_ENV, "")  # set_up_run points it at this run's config
+            mp.setenv(CONFIG_ENV, "")  # prepare_run points it at this run's config
             validate(job)
             entry.run(job)
     finally:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from fedvssl.errors import DataError
+from fedvssl.core.errors import DataError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm")
 

@@ -6,8 +6,8 @@ import json
 import posixpath
 from pathlib import Path
 
+from fedvssl.core.errors import DataError
 from fedvssl.data.annotations import VideoRecord, index_videos
-from fedvssl.errors import DataError
 
 # The screening reason of a record whose name leads out of the dataset root (it is never looked up).
 OUTSIDE_ROOT = "outside the dataset root"

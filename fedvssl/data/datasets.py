@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from fedvssl.core.errors import DataError
 from fedvssl.data import transforms as T
 from fedvssl.data.annotations import VideoRecord
 from fedvssl.data.samplers import read_clip, uniform_clip_starts
 from fedvssl.data.video import DECODED, VideoReader, WholeVideoReader, make_reader
-from fedvssl.errors import DataError
 
 log = logging.getLogger(__name__)
 MAX_REPLACEMENTS = 10

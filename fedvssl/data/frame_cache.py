@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedvssl.files import write_bytes, write_json
+from fedvssl.core.files import write_bytes, write_json
 
 VERSION = 1
 MAGIC = b"FVSSLJPG"

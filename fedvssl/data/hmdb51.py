@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from fedvssl.core.errors import DataError
 from fedvssl.data.annotations import VideoRecord, index_videos
-from fedvssl.errors import DataError
 
 
 def read_hmdb51(root: Path, split: int = 1) -> tuple[list[VideoRecord], list[VideoRecord], list[str]]:

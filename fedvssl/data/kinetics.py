@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from fedvssl.core.errors import DataError
 from fedvssl.data.annotations import VideoRecord, index_videos
-from fedvssl.errors import DataError
 
 
 def kinetics_stem(youtube_id: str, start: int, end: int) -> str:

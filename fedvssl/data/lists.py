@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedvssl.core.errors import DataError
 from fedvssl.data.annotations import VideoRecord, read_class_index
 from fedvssl.data.client_dist import client_file, read_partition
 from fedvssl.data.hmdb51 import read_hmdb51
 from fedvssl.data.kinetics import read_kinetics_csv
 from fedvssl.data.screening import ScreeningSettings, skipped, usable
 from fedvssl.data.ucf101 import read_ucf101
-from fedvssl.errors import DataError
 
 # The downstream datasets and their readers (finetune.datasets is a subset of these names).
 DOWNSTREAM_READERS = {"ucf101": read_ucf101, "hmdb51": read_hmdb51}

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from fedvssl.core.errors import DataError
+from fedvssl.core.files import write_json, write_text
 from fedvssl.data.annotations import VIDEO_EXTENSIONS, read_class_index
 from fedvssl.data.client_dist import client_file
 from fedvssl.data.kinetics import read_kinetics_csv
 from fedvssl.data.ucf101 import read_ucf101
-from fedvssl.errors import DataError
-from fedvssl.files import write_json, write_text
 
 Item = tuple[str, int]  # (name, 1-based label)
 

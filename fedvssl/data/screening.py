@@ -21,12 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedvssl.core.errors import DataError
+from fedvssl.core.files import write_json
 from fedvssl.data.annotations import VideoRecord
 from fedvssl.data.client_dist import OUTSIDE_ROOT, outside_root
 from fedvssl.data.frame_cache import NOT_CACHED, STALE, entry_status, read_failures
 from fedvssl.data.video import VideoReader, make_reader
-from fedvssl.errors import DataError
-from fedvssl.files import write_json
 
 log = logging.getLogger(__name__)
 

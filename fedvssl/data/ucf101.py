@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from fedvssl.core.errors import DataError
 from fedvssl.data.annotations import VideoRecord, index_videos, read_class_index
-from fedvssl.errors import DataError
 
 
 def read_ucf101(root: Path, split: int = 1) -> tuple[list[VideoRecord], list[VideoRecord], list[str]]:

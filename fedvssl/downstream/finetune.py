@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from fedvssl.config.settings import ClipInput, EvaluationSettings, FinetuneSettings
 from fedvssl.data.annotations import VideoRecord
 from fedvssl.data.datasets import VideoDataset
 from fedvssl.data.presets import TrainPreset
@@ -36,7 +37,6 @@ from fedvssl.models.device import device_of
 from fedvssl.models.heads import ClsHead
 from fedvssl.models.precision import FP32, Precision, autocast, grad_scaler, pin_memory, prepare, to_device, to_input
 from fedvssl.models.r3d import PAPER_SIZE, R3D18, BackboneSize, load_backbone
-from fedvssl.settings import ClipInput, EvaluationSettings, FinetuneSettings
 
 log = logging.getLogger(__name__)
 

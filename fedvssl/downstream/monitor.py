@@ -15,8 +15,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from fedvssl.downstream.evaluate import evaluate_states
-from fedvssl.settings import EvaluationSettings
+from fedvssl.config.settings import EvaluationSettings
+from fedvssl.downstream.protocol import evaluate_states
 
 GLOBAL, RANDOM_INIT = "global", "random_init"
 

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from fedvssl.errors import DataError
+from fedvssl.core.errors import DataError
 from fedvssl.models.precision import FP32, Precision, autocast, prepare, to_input
 
 RETRIEVAL_POOL = (2, 3, 3)

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 
 from torch.utils.data import DataLoader
 
+from fedvssl.config.settings import ClipInput
 from fedvssl.data.annotations import VideoRecord
 from fedvssl.data.datasets import ClipsDataset
 from fedvssl.data.transforms import at_crop
 from fedvssl.models.device import device_of
 from fedvssl.models.precision import pin_memory
-from fedvssl.settings import ClipInput
 
 
 def view_loader(

@@ -12,7 +12,7 @@ import os
 import socket
 from collections.abc import Mapping
 
-from fedvssl.errors import ConfigError
+from fedvssl.core.errors import ConfigError
 
 # Ray's switch for "this cluster is this one machine": it then keeps every address on 127.0.0.1.
 RAY_SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"

@@ -10,12 +10,12 @@ from flwr.clientapp import ClientApp
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fedvssl.config import CONFIG_KEY, build_method, from_yaml
+from fedvssl.config.checks import CONFIG_KEY, build_method, from_yaml
+from fedvssl.config.settings import client_settings
+from fedvssl.core.processes import object_store_mb, release_heap
 from fedvssl.federated.client_dp import clipping_mod
 from fedvssl.federated.records import LazyArrays, is_in_memory, reply_record
 from fedvssl.federated.training import local_train
-from fedvssl.processes import object_store_mb, release_heap
-from fedvssl.settings import client_settings
 
 # Client-side clipping for central DP (strategy.dp with a ClientSide wrapper): Flower's mods,
 # applied only when the server's config asks for them (client_dp.py).

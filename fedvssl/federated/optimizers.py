@@ -44,6 +44,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp.strategy import FedAvg, FedAvgM, FedProx, Strategy
 from flwr.serverapp.strategy.fedopt import FedOpt
 
+from fedvssl.core.files import load_npz, save_npz
 from fedvssl.federated import privacy
 from fedvssl.federated.aggregation import cast_like, weighted_average
 from fedvssl.federated.client_dp import KEY_CLIPPING, KEY_CLIPPING_NORM, KEY_NORM_BIT
@@ -52,7 +53,6 @@ from fedvssl.federated.replies import Reply
 from fedvssl.federated.robust import STATELESS, FlowerRule
 from fedvssl.federated.strategy import FedVSSL
 from fedvssl.federated.training import seed_of
-from fedvssl.files import load_npz, save_npz
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
-from fedvssl.files import npy_header
+from fedvssl.core.files import npy_header
 
 TRANSFER_DTYPES = ("float32", "bfloat16")
 BF16 = "bfloat16"

@@ -25,9 +25,9 @@ from numbers import Integral, Real
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message
 
+from fedvssl.core.files import npy_header
 from fedvssl.federated.aggregation import update_norm
 from fedvssl.federated.records import BF16, from_bf16_bits
-from fedvssl.files import npy_header
 
 # The metrics every reply carries; the others (times, memory, pretext accuracy) are recorded as they come.
 REQUIRED_METRICS = ("train-loss", "num-examples", "partition-id")

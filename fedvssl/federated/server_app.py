@@ -10,13 +10,13 @@ from flwr.serverapp import Grid, ServerApp
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from fedvssl.config import CONFIG_KEY, build_method, client_config, server_config, to_yaml
+from fedvssl.config.checks import CONFIG_KEY, build_method, client_config, server_config, to_yaml
+from fedvssl.config.settings import evaluation_settings
+from fedvssl.core.run_folder import RunFolder
 from fedvssl.data.client_dist import partition_sizes
 from fedvssl.data.partitions import PUBLISHED
 from fedvssl.federated.records import numpy_to_record
 from fedvssl.federated.training import shared_keys, state_to_numpy
-from fedvssl.run_folder import RunFolder
-from fedvssl.settings import evaluation_settings
 
 log = logging.getLogger(__name__)
 app = ServerApp()

@@ -32,6 +32,8 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.superlink.grid import InMemoryGrid
 from tqdm import tqdm
 
+from fedvssl.core.processes import object_store_mb, release_heap, rss_mb
+from fedvssl.core.run_folder import RunFolder
 from fedvssl.federated.aggregation import beta_step, client_weights, update_norm, weighted_average
 from fedvssl.federated.bounds import Bounds, ScaledUpdate, cap_weights, clip_losses, norm_bound
 from fedvssl.federated.observers import Monitor, RoundLogger, leaves
@@ -44,8 +46,6 @@ from fedvssl.federated.records import (
     record_to_numpy,
 )
 from fedvssl.federated.replies import Expected, Rejected, Reply, check, failure, short_reason, single, sort_out
-from fedvssl.processes import object_store_mb, release_heap, rss_mb
-from fedvssl.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 

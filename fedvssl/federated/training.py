@@ -17,16 +17,16 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from fedvssl.config.settings import ClientSettings
+from fedvssl.core.errors import DataError
+from fedvssl.core.processes import rss_mb
+from fedvssl.core.run_folder import RunFolder
 from fedvssl.data.client_dist import client_file, read_partition
 from fedvssl.data.datasets import PretextDataset
-from fedvssl.errors import DataError
 from fedvssl.federated.proximal import ProximalTerm
 from fedvssl.models.device import device_of
 from fedvssl.models.precision import FP32, Precision, autocast, grad_scaler, pin_memory, prepare, to_device
 from fedvssl.models.r3d import BACKBONE_PREFIX
-from fedvssl.processes import rss_mb
-from fedvssl.run_folder import RunFolder
-from fedvssl.settings import ClientSettings
 from fedvssl.ssl.base import PretextModel, SSLMethod
 
 log = logging.getLogger(__name__)

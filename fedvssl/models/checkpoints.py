@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedvssl.errors import CheckpointError
-from fedvssl.files import npy_header
+from fedvssl.core.errors import CheckpointError
+from fedvssl.core.files import npy_header
 from fedvssl.models.r3d import BACKBONE_PREFIX, PAPER_SIZE, R3D18, BackboneSize
 
 try:  # NumPy 2

@@ -28,7 +28,7 @@ import pandas as pd
 import yaml
 from hydra.experimental.callback import Callback
 
-from fedvssl.run_folder import RunFolder
+from fedvssl.core.run_folder import RunFolder
 
 METRICS = ("R@1", "R@5", "R@10", "R@20", "R@50")
 SEED_METRICS = ("R@1", "R@5", "R@10", "top1")

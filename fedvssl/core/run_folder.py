@@ -3,7 +3,7 @@
 ``main`` creates it, the ServerApp and its strategy write the global model and the
 history into it, each ClientApp keeps its head there, and the evaluation writes the
 results. Nothing else knows a file name inside it. Every write is atomic
-(:mod:`fedvssl.files`), so a killed run leaves whole files only, which ``resume``
+(:mod:`fedvssl.core.files`), so a killed run leaves whole files only, which ``resume``
 relies on.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedvssl.files import load_npz, load_tensors, save_npz, save_tensors, write_json, write_text
+from fedvssl.core.files import load_npz, load_tensors, save_npz, save_tensors, write_json, write_text
 
 
 class RunFolder:

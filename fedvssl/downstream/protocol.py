@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from fedvssl.config.settings import EvaluationSettings
 from fedvssl.data.annotations import VideoRecord
 from fedvssl.data.lists import downstream_splits
 from fedvssl.downstream.retrieval import extract_features, recall_at_k
 from fedvssl.downstream.views import view_loader
 from fedvssl.models.device import device_of
 from fedvssl.models.r3d import R3D18, BackboneSize, load_backbone
-from fedvssl.settings import EvaluationSettings
 
 log = logging.getLogger(__name__)
 State = Mapping[str, np.ndarray] | None

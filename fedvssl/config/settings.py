@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
+from fedvssl.core.errors import ConfigError
 from fedvssl.data.lists import DownstreamSet, PretrainSource
 from fedvssl.data.screening import ScreeningSettings
-from fedvssl.errors import ConfigError
 from fedvssl.models.precision import Precision
 from fedvssl.models.r3d import BackboneSize
 

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from fedvssl.files import write_json
+from fedvssl.core.files import write_json
 
 log = logging.getLogger(__name__)
 PROC = Path("/proc")

@@ -12,18 +12,20 @@ from pathlib import Path
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from fedvssl.core.errors import ConfigError
 from fedvssl.data.frame_cache import VERSION, read_manifest
 from fedvssl.data.lists import DOWNSTREAM_READERS, PRETRAIN_FORMATS
 from fedvssl.data.partitions import PUBLISHED, SCHEMES
 from fedvssl.data.transforms import at_crop
 from fedvssl.data.video import BACKENDS
-from fedvssl.errors import ConfigError
 from fedvssl.models.precision import Precision
 from fedvssl.ssl.base import SSLMethod
 
 # The Hydra configs: conf/ beside the package in a checkout, fedvssl/conf once installed.
-_HERE = Path(__file__).resolve().parent
-CONF_DIR = str(_HERE / "conf" if (_HERE / "conf" / "config.yaml").is_file() else _HERE.parent / "conf")
+# The package's folder: installed, the configs ship inside it as fedvssl/conf; in a checkout
+# they stay at the top level, beside it.
+_PACKAGE = Path(__file__).resolve().parents[1]
+CONF_DIR = str(_PACKAGE / "conf" if (_PACKAGE / "conf" / "config.yaml").is_file() else _PACKAGE.parent / "conf")
 CONFIG_ENV = "FEDVSSL_CONFIG"
 CONFIG_KEY = "fedvssl-config"
 

@@ -1,0 +1,1 @@
+"""Shared infrastructure: user errors, atomic files, processes and memory, the run folder."""
