@@ -12,8 +12,8 @@ project's pinned versions (constraints.txt), and puts them in two folders:
 
 A load is one call of the machine (whose working tree may carry 64 MiB); installed into
 ``/tmp/fedvssl-site``, the first load stays there while the machine is warm, so the
-second call, which installs the rest and runs gpu.sh, has to follow at once. README:
-"Training-throughput benchmark" gives the two calls.
+second call, which installs the rest and runs gpu.sh, has to follow at once. benchmarks/README.md:
+"GPU check" gives the two calls.
 
 Usage: ``python -m benchmarks.device_wheels [--python-version 3.12] [--out .whl]``.
 """

@@ -12,8 +12,8 @@
 # Each step has its own time limit, so one slow step cannot take the others' time.
 #
 # A lent GPU machine has PyTorch but no network: the other packages come as wheels installed
-# into /tmp/fedvssl-site beforehand (benchmarks/device_wheels.py; README: "Training-throughput
-# benchmark"). With a network, pip installs them here instead.
+# into /tmp/fedvssl-site beforehand (benchmarks/device_wheels.py; benchmarks/README.md: "GPU
+# check"). With a network, pip installs them here instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v python >/dev/null; then  # such machines may have python3 alone

@@ -4,7 +4,7 @@ Each video shows a few textured objects moving over a plain background. The clas
 is the *motion pattern* only: object texture, object shape, background, colours and
 start positions are drawn independently of the class, so a model that looks at
 single frames cannot tell the classes apart. The same world is written in the
-on-disk layouts of Kinetics-400, UCF-101 and HMDB-51 (see the README), as real
+on-disk layouts of Kinetics-400, UCF-101 and HMDB-51 (see docs/data.md), as real
 encoded video files, so that every reader and decoder is exercised for real.
 
 Usage: ``python -m dataset_preparation.synthetic --root data/synthetic``.

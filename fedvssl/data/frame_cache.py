@@ -1,7 +1,7 @@
 """A pre-decoded frame cache: every frame of a video as a JPEG at a fixed short side, one file per video.
 
 CPU decoding of long-GOP videos (Kinetics) runs at about a tenth of what a GPU trains
-on; reading JPEGs is about ten times faster (README, "Does the decoder keep up?").
+on; reading JPEGs is about ten times faster (benchmarks/README.md, "Does the decoder keep up?").
 
 A cache folder holds ``frame_cache.json`` (the format version, short side and JPEG
 quality every entry was built with), ``failures.json`` (videos the build could not
@@ -41,7 +41,7 @@ HEADER = struct.Struct("<8sIIIIIIQqI")
 MANIFEST = "frame_cache.json"
 FAILURES = "failures.json"
 FORMAT_NAME = "fedvssl frame cache"
-# The screening reasons of a video the cache cannot serve (README, "Missing and broken videos").
+# The screening reasons of a video the cache cannot serve (docs/data.md, "Missing and broken videos").
 NOT_CACHED = "not in the frame cache"
 STALE = "stale in the frame cache"
 UNDECODABLE = "undecodable"  # the build could not decode it: the same reason as a failed probe

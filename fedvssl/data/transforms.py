@@ -1,6 +1,6 @@
 """Clip transforms as tensor operations, one parameter draw per clip.
 
-They mirror CtP's Group* transforms (see the README, "Data pipeline") but act on a
+They mirror CtP's Group* transforms (see docs/data.md, "Samplers and augmentations") but act on a
 whole clip at once: a clip is a float tensor [T, 3, H, W] with values in [0, 255]
 until :func:`normalize` turns it into the model's [3, T, H, W] input.
 """
