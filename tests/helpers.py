@@ -242,3 +242,29 @@ def simulate_in_process(cfg) -> None:
         server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
     finally:
         torch.set_num_threads(threads)
+
+
+def run_main_in_process(args: list[str], run_dir: Path) -> dict:
+    """``fedvssl.main``'s run for the overrides ``args`` (checked as the entry point checks them), with its
+    ServerApp and ClientApps in this process instead of Ray; the run's results."""
+    import pytest
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    import fedvssl.main as entry
+    from fedvssl.config.checks import CONFIG_ENV, validate
+    from fedvssl.federated.backend import simulation_backend
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        job = compose("config", [*args, f"run.dir={run_dir}"])
+        HydraConfig.instance().set_config(compose("config", args, return_hydra_config=True))
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            stamp_task_identity(mp)
+            mp.setattr(entry, "simulate", simulate_in_process)
+            mp.setenv(CONFIG_ENV, "")  # prepare_run points it at this run's config
+            validate(job)
+            simulation_backend(job.runtime)  # what the entry point checks before any work
+            return entry.run(job)
+    finally:
+        HydraConfig.instance().cfg = None

@@ -18,13 +18,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from helpers import ROOT, run_main, simulate_in_process, stamp_task_identity
+from helpers import ROOT, run_main, run_main_in_process
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from fedvssl.config.checks import validate
 from fedvssl.core.errors import ConfigError
-from fedvssl.federated.backend import simulation_backend
 from fedvssl.reports.sweep import paper_rows, paper_table
 
 K400_NONIID = "partitions/k400_noniid"
@@ -319,25 +318,7 @@ def run_args(name: str, data: Path) -> list[str]:
 
 def run_in_process(name: str, data: Path, run_dir: Path) -> dict:
     """``python -m fedvssl.main`` for the preset, its ClientApps in this process; the run's results."""
-    from hydra.core.hydra_config import HydraConfig
-
-    import fedvssl.main as entry
-    from fedvssl.config.checks import CONFIG_ENV
-
-    args = run_args(name, data)
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        job = compose("config", [*args, f"run.dir={run_dir}"])
-        HydraConfig.instance().set_config(compose("config", args, return_hydra_config=True))
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            stamp_task_identity(mp)
-            mp.setattr(entry, "simulate", simulate_in_process)
-            mp.setenv(CONFIG_ENV, "")  # prepare_run points it at this run's config
-            validate(job)
-            simulation_backend(job.runtime)  # what the entry point checks before any work
-            return entry.run(job)
-    finally:
-        HydraConfig.instance().cfg = None
+    return run_main_in_process(run_args(name, data), run_dir)
 
 
 IN_PROCESS = ["paper_k400_vcop", "paper_k400_speed", "paper_ucf101_ctp", "centralised_k400_ctp"]

@@ -87,27 +87,11 @@ def test_new_strategies_train_two_rounds_and_resume_bit_for_bit(tmp_path, flower
 
 def test_fedprox_and_client_side_clipping_through_the_real_apps(tmp_path, world):
     """The run's ServerApp and ClientApps (in this process): mu reaches the clients, and they clip their updates."""
-    from helpers import ROOT, simulate_in_process, stamp_task_identity
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-
-    import fedvssl.main as entry
-    from fedvssl.config.checks import CONFIG_ENV, validate
+    from helpers import run_main_in_process
 
     args = [*TINY, "num_rounds=2", "strategy=fedprox", "+strategy/dp=client_fixed", "strategy.dp.clipping_norm=0.5"]
     args += [f"dataset.root={world}", f"data.probe_cache={tmp_path / 'cache'}"]
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        job = compose("config", [*args, f"run.dir={tmp_path / 'run'}"])
-        HydraConfig.instance().set_config(compose("config", args, return_hydra_config=True))
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            stamp_task_identity(mp)
-            mp.setattr(entry, "simulate", simulate_in_process)
-            mp.setenv(CONFIG_ENV, "")  # prepare_run points it at this run's config
-            validate(job)
-            entry.run(job)
-    finally:
-        HydraConfig.instance().cfg = None
+    run_main_in_process(args, tmp_path / "run")
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     for entry_ in history:
         assert entry_["proximal-mu"] == [0.01, 0.01]  # strategy.rule.proximal_mu, sent with the round
