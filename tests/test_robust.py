@@ -214,14 +214,19 @@ def test_bad_rules_name_the_key(rule, settings, match):
 
 @pytest.mark.slow
 def test_robust_strategies_run_in_the_simulation_and_resume(tmp_path, flower_env, world):
-    """Each rule for 1 round, then the same sweep for 2: each job resumes after round 1 (Ray, 3 clients)."""
+    """Each rule for 1 round, then the same sweep for 2: each job resumes after round 1 (Ray, 3 clients).
+
+    The small backbone keeps it to the rules' plumbing (Flower's aggregation over the shared
+    keys, history, checkpoints, resume), not R3D-18's training time."""
     sweep = tmp_path / "sweep"
     base = [
         "-m",
         f"strategy={','.join(ROBUST)}",
         "input=tiny",
+        "model=small",
         "dataset.pretrain.clips_per_video=1",
         "partition.num_clients=3",
+        "runtime.eval_workers=0",
         "finetune.datasets=[]",  # pretraining only
         f"dataset.root={world}",
         f"hydra.sweep.dir={sweep}",
@@ -241,7 +246,8 @@ def test_robust_strategies_run_in_the_simulation_and_resume(tmp_path, flower_env
         assert all(sorted(h["partition_ids"]) == [0, 1, 2] and h["failures"] == [] for h in history), name
         assert "resuming after round 1 of 2" in (run / "main.log").read_text(), name
         final, before = (load_npz(run / "checkpoints" / f"round-{r}.npz") for r in (2, 1))
-        assert len(final) == 120 and all(np.isfinite(v).all() for v in final.values()), name
+        assert list(final) == list(before) and all(k.startswith("backbone.") for k in final), name
+        assert all(np.isfinite(v).all() for v in final.values()), name
         assert not np.array_equal(final["backbone.stem.conv.weight"], before["backbone.stem.conv.weight"]), name
 
 

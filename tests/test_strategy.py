@@ -488,7 +488,7 @@ def test_a_failed_background_write_stops_the_run(tmp_path, monkeypatch):
 
 
 def test_the_freed_heap_is_given_back_once_it_passes_the_slack(monkeypatch):
-    from fedvssl import processes
+    from fedvssl.core import processes
 
     own, trims = [1000.0], []
 
