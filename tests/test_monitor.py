@@ -67,6 +67,7 @@ def test_tensorboard_log_writes_per_client_round_and_retrieval_scalars(tmp_path)
         assert found[tag][2] == pytest.approx(value), tag
     assert not any(t.startswith(("partition_ids", "node_ids", "failures/")) for t in found)
     assert found["retrieval/ucf101/R@1"] == {2: 25.0} and found["retrieval/time_s"] == {2: 3.5}
+    assert not any(t.startswith("privacy/") for t in found)  # no DP, no privacy charts
     # The control is its own TensorBoard run with the same tag, so both share one chart.
     assert scalars(tmp_path / "tb" / "random_init") == {"retrieval/ucf101/R@1": {2: 12.5}}
     # Each failure's reason is text at its round (the TEXT tab).
@@ -74,6 +75,20 @@ def test_tensorboard_log_writes_per_client_round_and_retrieval_scalars(tmp_path)
     events.Reload()
     texts = {e.step: e.tensor_proto.string_val[0].decode() for e in events.Tensors("round/failures/text_summary")}
     assert texts == {1: "client 1: RuntimeError: x", 2: "client 1: RuntimeError: x"}
+
+
+def test_a_dp_runs_privacy_spent_is_charted_per_round(tmp_path):
+    """The (epsilon, delta) a DP run's history records after each round, as TensorBoard scalars."""
+    log = TensorBoardLog(tmp_path / "tb")
+    spent = {1: 3.25, 2: 4.5}
+    for r, eps in spent.items():
+        dp = {"epsilon": eps, "delta": 1e-5, "noise_multiplier": 0.8, "clipping_norm": 2.0, "sampling_rate": 0.5}
+        log.log_round({**entry(r, 1.0), **dp, "accounting": "rdp"})
+    log.close()
+    found = scalars(tmp_path / "tb")
+    assert found["privacy/epsilon"] == pytest.approx(spent)
+    assert found["privacy/delta"][2] == pytest.approx(1e-5) and found["privacy/sampling_rate"][1] == 0.5
+    assert found["privacy/noise_multiplier"][1] == pytest.approx(0.8) and found["privacy/clipping_norm"][2] == 2.0
 
 
 def test_a_resumed_run_replaces_the_rounds_it_redoes(tmp_path):

@@ -309,3 +309,27 @@ def test_adaptive_clipping_is_accounted_with_its_count_query(tmp_path):
     assert entry["epsilon"] == pytest.approx(privacy.spent([z], 3, 4, 1e-5))
     resumed = make(tmp_path, dp=ADAPTIVE, start_round=1, history=strategy.history)
     assert resumed.dp.clipping_norm == after  # the learnt norm survived the resume
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["+strategy/dp=server_fixed"], "strategy.dp is not a setting of this strategy: Flower's DP wrappers wrap"),
+        (["strategy=ldawa", "+strategy/dp=server_fixed"], "strategy.dp is not a setting of this strategy"),
+        (["strategy=krum", "+strategy/dp=client_fixed"], "strategy.dp is not a setting of this strategy"),
+        (["strategy=ldawa", "+strategy.normalise=true"], "strategy.normalise is not a setting of this strategy"),
+        (["strategy=ldawa", "strategy.normalize=1"], "strategy.normalize=1 must be true or false"),
+    ],
+)
+def test_a_setting_the_strategy_does_not_take_is_named_by_the_config_check(overrides, message):
+    """Before any work, not as a TypeError when the ServerApp builds the strategy."""
+    from hydra import compose, initialize_config_dir
+
+    from fedvssl.config.checks import CONF_DIR, validate
+    from fedvssl.core.errors import ConfigError
+
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose("config", ["run.dir=.", *overrides])
+        with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(".", r"\.")):
+            validate(cfg)
+        validate(compose("config", ["run.dir=.", "strategy=fedadam", "+strategy/dp=server_fixed"]))  # wrapped

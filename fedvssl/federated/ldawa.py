@@ -140,6 +140,13 @@ class LDAWA(FedVSSL):
     per-layer weights are summarised per client as ``layer_cosine_mean`` and ``layer_cosine_min``.
     """
 
+    @staticmethod
+    def check_settings(*args: object, normalize: bool = False, **settings: object) -> None:
+        """FedVSSL's settings; ``normalize`` is L-DAWA's own (and ``dp`` is not one: see the docs)."""
+        if not isinstance(normalize, bool):
+            raise ValueError(f"strategy.normalize={normalize!r} must be true or false")
+        FedVSSL.check_settings(*args, **settings)
+
     def __init__(self, normalize: bool = False, **settings: object) -> None:
         super().__init__(**settings)
         self.normalize = bool(normalize)

@@ -18,11 +18,13 @@ through Flower's server-side ``evaluate_fn``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import fields
 from numbers import Integral
 
 import numpy as np
@@ -71,9 +73,22 @@ class FedVSSL(FedAvg):
     ) -> None:
         """The strategy's settings, checked once: here, by ``__init__`` and by the config check before any work.
 
-        Of ``others``, the bounds on a reply are checked (``bounds.Bounds``); the rest is the ServerApp's.
+        Of ``others``, the bounds on a reply are checked (``bounds.Bounds``). Any other key is not a
+        setting of this strategy (a subclass takes its own keys before calling this): it is named
+        here, rather than failing as a ``TypeError`` when the ServerApp builds the strategy.
         """
         Bounds.of(others)
+        # The ServerApp's own arguments (seed, out_dir, history, ...) may come along, from a subclass's __init__.
+        taken = {f.name for f in fields(Bounds)} | set(inspect.signature(FedVSSL.__init__).parameters)
+        unknown = sorted(set(others) - taken - {"_recursive_", "_convert_"})
+        if unknown:
+            hint = ""
+            if unknown[0] == "dp":  # the one a user is most likely to add to the wrong strategy
+                hint = (
+                    ": Flower's DP wrappers wrap the server-optimiser strategies (strategy=fedavg_dp_low, or "
+                    "+strategy/dp=<name> with strategy=fedavgm, fedadam, fedyogi, fedadagrad or fedprox)"
+                )
+            raise ValueError(f"strategy.{unknown[0]} is not a setting of this strategy{hint}")
         if not (isinstance(alpha, int | float) and not isinstance(alpha, bool) and 0.0 <= alpha <= 1.0):
             raise ValueError(f"strategy.alpha={alpha} must be in [0, 1]")
         if beta not in (0, 1) or isinstance(beta, bool):

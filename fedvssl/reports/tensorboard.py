@@ -30,6 +30,8 @@ except ImportError:  # torch's own message does not say how to get it
 
 # Round totals of a history entry, under round/<name>.
 ROUND_SCALARS = ("time_s", "bytes_sent", "bytes_received", "update_norm", "server_rss_mb")
+# A DP run's privacy after each round (optimizers.ServerOptimizer.privacy_entry), under privacy/<name>.
+PRIVACY_SCALARS = ("epsilon", "delta", "noise_multiplier", "clipping_norm", "sampling_rate")
 # Per-client lists that are not measurements.
 NOT_SCALARS = ("partition_ids", "node_ids")
 
@@ -70,6 +72,9 @@ class TensorBoardLog:
         for key in ROUND_SCALARS:
             if key in entry:
                 self.writer.add_scalar(f"round/{key}", float(entry[key]), step)
+        for key in PRIVACY_SCALARS:
+            if key in entry:
+                self.writer.add_scalar(f"privacy/{key}", float(entry[key]), step)
         self.writer.add_scalar("round/clients", len(entry["partition_ids"]), step)
         self.writer.add_scalar("round/failures", len(entry.get("failures", [])), step)
         # Each failure's one-line reason (a crash, a timeout, a rejected reply), under the TEXT tab.
