@@ -85,3 +85,43 @@ def test_a_slow_handler_still_exits_by_the_signal_after_ray_started(tmp_path, fl
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM  # not SIGABRT (-6) from the alarm
         assert "SIGTERM received" not in proc.stderr.read()  # Ray's handler did not see the signal
         assert not left_in_group(proc.pid, within_s=30)
+
+
+# A run whose console write is interrupted by the signal: CPython's stream then raises
+# ``RuntimeError: reentrant call`` when the handler logs to the same stream, and the run's
+# loop, which survives its errors, goes on. Here the logging raises every time.
+LOUD_DRIVER = """
+import logging, sys, time
+from fedvssl.core.processes import stop_on_signals
+
+class Reentrant(logging.Handler):
+    def emit(self, record):
+        raise RuntimeError("reentrant call inside <_io.BufferedWriter name='<stderr>'>")
+
+    def handleError(self, record):  # as logging's own handleError, when writing the error fails too
+        raise RuntimeError("reentrant call inside <_io.BufferedWriter name='<stderr>'>")
+
+logging.getLogger("fedvssl").addHandler(Reentrant())
+with stop_on_signals():
+    open(sys.argv[1], "w").close()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            time.sleep(0.01)
+        except Exception:  # a round loop that carries on after an error
+            pass
+sys.exit(3)  # the signal did not end the run
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_the_signal_ends_the_run_even_when_its_log_line_fails(tmp_path, sig):
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-c", LOUD_DRIVER, str(ready)], cwd=ROOT, start_new_session=True)
+    with killing_group_after(proc.pid):
+        deadline = time.time() + 60
+        while not ready.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert ready.exists()
+        os.kill(proc.pid, sig)
+        assert proc.wait(timeout=30) == 128 + sig
