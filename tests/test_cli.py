@@ -29,6 +29,9 @@ TINY = [
     "finetune.retrieval.num_clips=2",
     "runtime.eval_workers=0",
 ]
+# The tests of the run's plumbing (sweeps, broken data, failing clients, resume, signals) on the
+# demo's backbone; the end-to-end run and the CtP federation keep R3D-18.
+PLUMBING = [*TINY, "model=small"]
 
 
 @pytest.mark.parametrize(
@@ -134,7 +137,7 @@ def test_end_to_end_run(tmp_path, flower_env):
 def test_multirun_sweep(tmp_path, flower_env, world):
     sweep = tmp_path / "multi"
     strategies = "strategy=fedvssl_a0_b0,fedvssl_a1_b1"  # alpha and beta 0, then 1
-    args = ["-m", *TINY, "num_rounds=1", strategies, "finetune=ucf101", f"dataset.root={world}"]
+    args = ["-m", *PLUMBING, "num_rounds=1", strategies, "finetune=ucf101", f"dataset.root={world}"]
     proc = run_main([*args, f"hydra.sweep.dir={sweep}"], flower_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     h0, h1 = (json.loads((sweep / str(j) / "history.json").read_text())[0] for j in (0, 1))
@@ -183,7 +186,7 @@ def test_multirun_sweep(tmp_path, flower_env, world):
 
 def test_broken_data_is_skipped_and_reported(tmp_path, flower_env, broken_world):
     run = tmp_path / "run"
-    args = [*TINY, "num_rounds=1", "finetune=hmdb51", "dataset=synthetic_broken", f"dataset.root={broken_world}"]
+    args = [*PLUMBING, "num_rounds=1", "finetune=hmdb51", "dataset=synthetic_broken", f"dataset.root={broken_world}"]
     proc = run_main([*args, f"hydra.run.dir={run}"], flower_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     unusable = json.loads((run / "unusable_videos.json").read_text())
@@ -284,7 +287,7 @@ def test_ctp_federation(tmp_path, flower_env, world):
 
 def test_failing_clients_are_survived_or_stop_the_run(tmp_path, flower_env, world):
     base = [
-        *TINY,
+        *PLUMBING,
         "partition.num_clients=3",
         "finetune.datasets=[]",  # pretraining only
         f"dataset.root={world}",
@@ -327,7 +330,7 @@ def start_until_round_one(args: list[str], run: Path, env: dict[str, str]) -> su
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, flower_env, world):
-    base = [*TINY, "num_rounds=2", "finetune.datasets=[]", f"dataset.root={world}"]  # pretraining only
+    base = [*PLUMBING, "num_rounds=2", "finetune.datasets=[]", f"dataset.root={world}"]  # pretraining only
     full = tmp_path / "full"
     assert run_main([*base, f"hydra.run.dir={full}"], flower_env).returncode == 0
 
@@ -364,7 +367,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, flower_env,
     [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGINT, True)],
 )
 def test_a_signal_stops_the_run_and_its_ray_processes(tmp_path, flower_env, world, sig, to_group):
-    args = [*TINY, "num_rounds=50", "finetune=ucf101", f"dataset.root={world}", f"hydra.run.dir={tmp_path / 'run'}"]
+    args = [*PLUMBING, "num_rounds=50", "finetune=ucf101", f"dataset.root={world}", f"hydra.run.dir={tmp_path / 'run'}"]
     proc = start_until_round_one(args, tmp_path / "run", flower_env)
     with killing_group_after(proc.pid):
         assert len(process_group(proc.pid)) > 3, "Ray is not running"

@@ -79,6 +79,7 @@ def test_a_two_seed_sweep_summarises_gain_and_curve(tmp_path, flower_env, world)
         "num_rounds=2",
         "input=tiny",
         "model=small",
+        "model=small",
         "dataset.pretrain.clips_per_video=1",
         "partition.num_clients=2",
         "finetune=ucf101",

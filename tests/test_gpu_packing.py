@@ -103,7 +103,7 @@ def test_bad_resources_stop_the_run_before_any_work(tmp_path, flower_env):
 def test_four_clients_share_two_gpus_two_by_two(tmp_path, flower_env, world):
     run = tmp_path / "run"
     proc = run_main(
-        ["input=tiny", "dataset.pretrain.clips_per_video=1", "num_rounds=2", "partition.num_clients=4"]
+        ["input=tiny", "model=small", "dataset.pretrain.clips_per_video=1", "num_rounds=2", "partition.num_clients=4"]
         + ["finetune=ucf101", "finetune.retrieval.num_clips=2", "runtime.eval_workers=0", "runtime.device=cpu"]
         # Ray is told of 4 CPUs (this machine has 2) so that 4 actors fit: the GPUs, not the CPUs, decide.
         + ["runtime.num_cpus=4", "runtime.num_gpus=2", "runtime.num_gpus_per_client=0.5"]

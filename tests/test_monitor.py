@@ -196,6 +196,7 @@ def test_a_run_with_the_monitor_and_tensorboard(tmp_path, flower_env, world):
     run = tmp_path / "run"
     args = [
         "input=tiny",
+        "model=small",
         "dataset.pretrain.clips_per_video=1",
         "partition.num_clients=2",
         "runtime.eval_workers=0",

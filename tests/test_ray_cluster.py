@@ -91,6 +91,7 @@ def test_simulation_attaches_to_a_ray_cluster(tmp_path, flower_env, world):
                     "-m",
                     "fedvssl.main",
                     "input=tiny",
+                    "model=small",
                     "dataset.pretrain.clips_per_video=1",
                     "partition.num_clients=2",
                     "num_rounds=2",
