@@ -32,14 +32,19 @@ with stop_on_signals():
 """
 
 
+def wait_until_ready(ready, proc: subprocess.Popen, timeout_s: float) -> bool:
+    """Whether the driver wrote its ``ready`` file within ``timeout_s`` (False if it ended first)."""
+    deadline = time.time() + timeout_s
+    while not ready.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    return ready.exists()
+
+
 def test_a_signal_stops_every_process_although_the_driver_aborts_when_one_dies(tmp_path):
     ready = tmp_path / "ready"
     proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(ready)], cwd=ROOT, start_new_session=True)
     with killing_group_after(proc.pid):
-        deadline = time.time() + 60
-        while not ready.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.1)
-        assert ready.exists()
+        assert wait_until_ready(ready, proc, 60)
         assert len(process_group(proc.pid)) == 7
         os.kill(proc.pid, signal.SIGTERM)
         # The handler ran to its end: it did not die half way through, by the abort.
@@ -77,10 +82,8 @@ def test_a_slow_handler_still_exits_by_the_signal_after_ray_started(tmp_path, fl
         start_new_session=True,
     )
     with killing_group_after(proc.pid):
-        deadline = time.time() + 120
-        while not ready.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.1)
-        assert ready.exists(), proc.stderr.read() if proc.poll() is not None else "Ray did not start"
+        started = wait_until_ready(ready, proc, 120)
+        assert started, proc.stderr.read() if proc.poll() is not None else "Ray did not start"
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM  # not SIGABRT (-6) from the alarm
         assert "SIGTERM received" not in proc.stderr.read()  # Ray's handler did not see the signal
@@ -119,9 +122,6 @@ def test_the_signal_ends_the_run_even_when_its_log_line_fails(tmp_path, sig):
     ready = tmp_path / "ready"
     proc = subprocess.Popen([sys.executable, "-c", LOUD_DRIVER, str(ready)], cwd=ROOT, start_new_session=True)
     with killing_group_after(proc.pid):
-        deadline = time.time() + 60
-        while not ready.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.1)
-        assert ready.exists()
+        assert wait_until_ready(ready, proc, 60)
         os.kill(proc.pid, sig)
         assert proc.wait(timeout=30) == 128 + sig
