@@ -92,9 +92,16 @@ def job(out: Path, seed: int, attack: str | None, defence: str, rounds: int, ext
             f"hydra.run.dir={run_dir}",
         ]
         print(f"{name}: running", flush=True)
-        proc = subprocess.run([sys.executable, "-m", "fedvssl.main", *overrides], cwd=ROOT, env=job_env(out))
+        command = [sys.executable, "-m", "fedvssl.main", *overrides]
+        proc = subprocess.run(command, cwd=ROOT, env=job_env(out), stderr=subprocess.PIPE, text=True)
+        sys.stderr.write(proc.stderr)
         if proc.returncode != 0:
-            reason = (run_dir / "stopped.txt").read_text().strip() if (run_dir / "stopped.txt").is_file() else ""
+            # The run's one-line reason (a stop during training, or an evaluation that refuses
+            # the non-finite features of a model the attack blew up).
+            errors = [line for line in proc.stderr.splitlines() if line.startswith("fedvssl: error:")]
+            reason = errors[-1].removeprefix("fedvssl: error:").strip() if errors else ""
+            if (run_dir / "stopped.txt").is_file():  # the server's own record of a stop in training
+                reason = (run_dir / "stopped.txt").read_text().strip()
             (run_dir / "stopped.json").write_text(json.dumps({"returncode": proc.returncode, "reason": reason}))
     if (run_dir / "stopped.json").is_file():
         return {"stopped": json.loads((run_dir / "stopped.json").read_text())}
