@@ -96,12 +96,13 @@ def job(out: Path, seed: int, attack: str | None, defence: str, rounds: int, ext
         proc = subprocess.run(command, cwd=ROOT, env=job_env(out), stderr=subprocess.PIPE, text=True)
         sys.stderr.write(proc.stderr)
         if proc.returncode != 0:
-            # The run's one-line reason (a stop during training, or an evaluation that refuses
-            # the non-finite features of a model the attack blew up).
+            # The server's own record of a stop in training, or else the run's one-line error (an
+            # evaluation that refuses the non-finite features of a model the attack blew up).
             errors = [line for line in proc.stderr.splitlines() if line.startswith("fedvssl: error:")]
-            reason = errors[-1].removeprefix("fedvssl: error:").strip() if errors else ""
-            if (run_dir / "stopped.txt").is_file():  # the server's own record of a stop in training
+            if (run_dir / "stopped.txt").is_file():
                 reason = (run_dir / "stopped.txt").read_text().strip()
+            else:
+                reason = errors[-1].removeprefix("fedvssl: error:").strip() if errors else ""
             (run_dir / "stopped.json").write_text(json.dumps({"returncode": proc.returncode, "reason": reason}))
     if (run_dir / "stopped.json").is_file():
         return {"stopped": json.loads((run_dir / "stopped.json").read_text())}

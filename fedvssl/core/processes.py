@@ -217,15 +217,12 @@ def stop_on_signals() -> Iterator[None]:
         # A failure handler that ran before this one may have armed an alarm that aborts the
         # process (see init_keeping_handlers): the exit below must not race it.
         signal.alarm(0)
-        try:
+        # The signal can land in the middle of a console write: the stream then refuses the
+        # handler's own write ("reentrant call"), and the run's loop, which survives errors,
+        # would carry on as if no signal had come. Nothing may stand between the signal and the exit.
+        with suppress(BaseException):
             log.warning("%s: stopping the run and the processes it started", signal.Signals(signum).name)
-        except BaseException:  # noqa: BLE001 - nothing may stand between the signal and the exit
-            # The signal can land in the middle of a console write: the stream then refuses the
-            # handler's own write ("reentrant call"), and the run's loop, which survives errors,
-            # would carry on as if no signal had come.
-            pass
-        finally:
-            exit_stopping_descendants(128 + signum)
+        exit_stopping_descendants(128 + signum)
 
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, handler) for sig in signals}

@@ -69,12 +69,10 @@ class TensorBoardLog:
         weights, losses = per_client.get("weights"), per_client.get("train_loss")
         if weights and losses:
             self.writer.add_scalar("round/train_loss", sum(w * x for w, x in zip(weights, losses, strict=True)), step)
-        for key in ROUND_SCALARS:
-            if key in entry:
-                self.writer.add_scalar(f"round/{key}", float(entry[key]), step)
-        for key in PRIVACY_SCALARS:
-            if key in entry:
-                self.writer.add_scalar(f"privacy/{key}", float(entry[key]), step)
+        for group, keys in (("round", ROUND_SCALARS), ("privacy", PRIVACY_SCALARS)):
+            for key in keys:
+                if key in entry:
+                    self.writer.add_scalar(f"{group}/{key}", float(entry[key]), step)
         self.writer.add_scalar("round/clients", len(entry["partition_ids"]), step)
         self.writer.add_scalar("round/failures", len(entry.get("failures", [])), step)
         # Each failure's one-line reason (a crash, a timeout, a rejected reply), under the TEXT tab.
