@@ -42,10 +42,9 @@ class TrainPreset:
     def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         """Decoded frames [T, H, W, 3] -> the model's normalised [3, T, crop, crop] input."""
         clip = self.resize(T.to_clip(frames), rng)
-        clip = T.random_flip(clip, self.flip_p, rng)
         # Cropping before the per-pixel jitters gives the same result as the reference
-        # order (jitter, then crop) at a fraction of the cost.
-        clip = T.random_crop(clip, self.crop, rng)
+        # order (jitter, then crop) at a fraction of the cost; so does flipping only the crop.
+        clip = T.random_flip_crop(clip, self.crop, self.flip_p, rng)
         clip = T.random_brightness(clip, *self.brightness, rng)
         clip = T.random_contrast(clip, *self.contrast, rng)
         clip = T.random_hue_saturation(clip, *self.hue_saturation, rng)
