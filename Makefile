@@ -25,10 +25,12 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	FLWR_HOME=$$(mktemp -d) $(BIN)/python -m pytest $(ARGS)
 
-# Everything but the tests marked slow (Ray, subprocesses, training): under 2 minutes.
+# Everything but the tests marked slow (Ray, subprocesses, training): under 2 minutes on 2 cores,
+# one pytest-xdist worker per core, each test file on one worker (its module fixtures made once);
+# the generated layouts are shared between the workers (tests/conftest.py, shared).
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
-	FLWR_HOME=$$(mktemp -d) $(BIN)/python -m pytest -m "not slow" $(ARGS)
+	FLWR_HOME=$$(mktemp -d) $(BIN)/python -m pytest -m "not slow" -n auto --dist loadfile $(ARGS)
 
 format: $(STAMP)
 	$(BIN)/ruff format .
