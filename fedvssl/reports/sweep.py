@@ -266,6 +266,14 @@ def paper_table(folder: Path) -> str:
 # -- comparing strategies: the R@1 gain per strategy, and R@1 against round ----------------
 
 
+def short_labels(settings: list[str]) -> dict[str, str]:
+    """Each setting without the overrides that every setting shares (``monitor.every=4`` in a
+    comparison sweep), so a table row or a legend entry names only what differs."""
+    tokens = [s.split() for s in settings]
+    common = set.intersection(*map(set, tokens)) if len(tokens) > 1 else set()
+    return {s: " ".join(t for t in ts if t not in common) or s for s, ts in zip(settings, tokens, strict=True)}
+
+
 def strategy_gains(frame: pd.DataFrame) -> pd.DataFrame:
     """Per setting (the overrides less ``seed=``; a comparison sweep varies ``strategy=``): the R@1 gain.
 
@@ -273,8 +281,10 @@ def strategy_gains(frame: pd.DataFrame) -> pd.DataFrame:
     mean ± std over the seeds (sample std; 0 for one seed), per dataset.
     """
     rows = []
-    for setting, jobs in frame.groupby(frame["overrides"].map(_without_seed), sort=False):
-        row: dict[str, Any] = {"setting": setting, "seeds": len(jobs)}
+    settings = frame["overrides"].map(_without_seed)
+    labels = short_labels(list(dict.fromkeys(settings)))
+    for setting, jobs in frame.groupby(settings, sort=False):
+        row: dict[str, Any] = {"setting": labels[setting], "seeds": len(jobs)}
         for column in jobs.columns:
             dataset, _, metric = column.partition(" ")
             control = f"{dataset} {CONTROL} R@1"
@@ -315,18 +325,20 @@ def plot_monitor(frame: pd.DataFrame, folder: Path, path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 3.8), squeeze=False)
+    labels = short_labels(list(dict.fromkeys(frame["overrides"].map(_without_seed))))
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves) + 2.5, 3.8), squeeze=False)
     for ax, (dataset, by_setting) in zip(axes[0], sorted(curves.items()), strict=True):
         controls = []
         for setting, rows in by_setting.items():
             stats = rows.groupby("round")["R@1"].agg(["mean", "std"]).fillna(0.0)
-            ax.plot(stats.index, stats["mean"], marker="o", ms=3, label=setting)
+            ax.plot(stats.index, stats["mean"], marker="o", ms=3, label=labels[setting])
             ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.15)
             controls += rows["control"].dropna().tolist()
         if controls:
             ax.axhline(float(np.mean(controls)), color="gray", ls="--", lw=1, label="random init")
         ax.set(title=f"{dataset}: retrieval monitor", xlabel="round", ylabel="R@1 (%)")
-    axes[0][-1].legend(fontsize=7, loc="best")
+    # Beside the panels: with nine strategies a legend inside would cover the curves.
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
