@@ -18,6 +18,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # In [0, 255] and shaped for the [3, T, H, W] output, built once rather than per clip.
 _MEAN_255 = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1) * 255.0
 _STD_255 = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1) * 255.0
+_HSV_OFFSETS = torch.tensor([5.0, 3.0, 1.0]).view(3, 1, 1)
 # Pixel sizes in the configs are given at the reference's 112 crop; they scale with the run's crop.
 REFERENCE_CROP = 112
 
@@ -97,8 +98,8 @@ def random_contrast(clip: torch.Tensor, p: float, delta: float, rng: np.random.G
 def _rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
     """OpenCV 8-bit convention: H in [0, 180), S and V in [0, 255]."""
     r, g, b = rgb.unbind(-3)
-    v, _ = rgb.max(-3)
-    c = v - rgb.min(-3).values
+    low, v = torch.aminmax(rgb, dim=-3)  # one pass for both
+    c = v - low
     s = torch.where(v > 0, 255.0 * c / v.clamp(min=1e-6), torch.zeros_like(v))
     safe_c = c.clamp(min=1e-6)
     h = torch.where(
@@ -114,8 +115,9 @@ def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     h, s, v = hsv.unbind(-3)
     h = h * 2.0 / 60.0
     c = v * s / 255.0
-    k = torch.stack([torch.remainder(n + h, 6.0) for n in (5.0, 3.0, 1.0)], dim=-3)
-    return v.unsqueeze(-3) - c.unsqueeze(-3) * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
+    # k = (n + h) mod 6 for n = 5, 3, 1, written in place into one [..., 3, H, W] tensor.
+    k = torch.add(h.unsqueeze(-3), _HSV_OFFSETS).remainder_(6.0)
+    return v.unsqueeze(-3) - torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0).mul_(c.unsqueeze(-3))
 
 
 def random_hue_saturation(
