@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import sys
 import threading
 import time
 from pathlib import Path
@@ -141,15 +142,39 @@ def run(cfg: DictConfig) -> dict:
     return results
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-@one_line_errors
-def main(cfg: DictConfig) -> None:
+def checked_run(cfg: DictConfig) -> None:
     from fedvssl.federated.backend import simulation_backend
 
     validate(cfg)
     # Resources that do not fit together, or an unreachable cluster, fail before any work.
     simulation_backend(cfg.runtime)
     run(cfg)
+
+
+def sweep_job(cfg: DictConfig) -> None:
+    """One job of a multirun: its error costs this job, never the sweep. The one line goes to
+    stderr and to the job's ``failed.txt``; the sweep's summary lists the failed jobs and the
+    multirun exits 1 when it ends. Run again, the sweep retries the job (``resume_sweep``)."""
+    from fedvssl.core.errors import CheckpointError, DataError
+
+    try:
+        checked_run(cfg)
+    except (ConfigError, DataError, CheckpointError, RunError) as e:
+        folder = RunFolder(cfg.run.dir)
+        print(f"fedvssl: error: {folder.root}: {e} (the sweep goes on)", file=sys.stderr)
+        folder.record_failure(str(e))
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@one_line_errors
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        sweep_job(cfg)
+    else:
+        checked_run(cfg)
 
 
 if __name__ == "__main__":

@@ -123,3 +123,36 @@ def test_the_documented_comparison_sweep_composes_and_passes_the_checks():
             built = instantiate(cfg.strategy, num_clients=cfg.partition.num_clients, seed=1, _convert_="all")
             assert cfg.strategy.share == "backbone" and built.clients_per_round == 4, strategy
             built.close()
+
+
+def test_a_failed_job_is_listed_and_the_sweep_ends_with_status_1(tmp_path, monkeypatch, capsys):
+    """A job's own error (a backbone whose features are not finite) costs that job: it is recorded,
+    the summary lists it beside the finished jobs, and the multirun's end exits 1 naming it."""
+    from omegaconf import OmegaConf
+
+    from fedvssl import main as entry
+    from fedvssl.core.errors import DataError
+    from fedvssl.core.run_folder import RunFolder
+    from fedvssl.reports.sweep import SweepSummary
+
+    write_jobs(tmp_path)
+    job = tmp_path / "4"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- seed=0\n- strategy=fedavg_dp_high\n")
+
+    def fails(cfg):
+        raise DataError("the pretrained backbone gives non-finite retrieval features (first: video v.avi)")
+
+    monkeypatch.setattr(entry, "checked_run", fails)
+    entry.sweep_job(OmegaConf.create({"run": {"dir": str(job)}}))  # returns: the sweep goes on
+    assert "fedvssl: error:" in capsys.readouterr().err
+    assert RunFolder(job).failure_reason().startswith("the pretrained backbone gives non-finite")
+
+    with pytest.raises(SystemExit, match=r"1 job\(s\) of the sweep failed: 4"):
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## Failed jobs (1" in summary and "| 4 | seed=0 strategy=fedavg_dp_high | the pretrained" in summary
+    assert "+12.50 ± 10.61" in summary  # the finished jobs are still summarised
+
+    RunFolder(job).write_results({}, "")  # run again, it finished: no longer a failure
+    assert RunFolder(job).failure_reason() is None and not (job / "failed.txt").exists()

@@ -211,6 +211,22 @@ def test_central_dp_clips_every_update_to_the_norm(tmp_path):
     assert np.linalg.norm(moved) <= 0.5 + 1e-6
 
 
+def test_noise_never_leaves_a_negative_batchnorm_variance(tmp_path, caplog):
+    """DP noise of std 1 on variances of 0.01: about half fall below 0 before the clamp, none after;
+    the count is in the history and one warning is logged for the run."""
+    g0 = {**G0, "backbone.bn.running_var": np.full(400, 0.01, np.float32)}
+    loud = {**DP, "noise_multiplier": 1.5, "clipping_norm": 2.0}  # std z C / m = 1.0 per entry
+    strategy = make(tmp_path, dp=loud)
+    with caplog.at_level("WARNING", logger="fedvssl.federated.optimizers"):
+        new = record_to_numpy(run_rounds(strategy, numpy_to_record(g0), [1, 2]))
+    variances = new["backbone.bn.running_var"]
+    assert variances.min() == 0.0 and (variances > 0).any()
+    assert new["backbone.w"].min() < -1.5  # the other tensors keep their noise, negative or not
+    below = [e["negative_variances"] for e in strategy.history]
+    assert all(100 < n < 300 for n in below)
+    assert len([r for r in caplog.records if "BatchNorm running variances" in r.getMessage()]) == 1
+
+
 def test_epsilon_accumulates_over_rounds(tmp_path):
     strategy = make(tmp_path, dp=DP)
     run_rounds(strategy, numpy_to_record(G0), [1, 2, 3])

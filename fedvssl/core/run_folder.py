@@ -39,6 +39,7 @@ class RunFolder:
         self.tensorboard = self.root / "tensorboard"  # event files of logger=tensorboard
         self.flwr_home = self.root / "flwr"
         self._stopped = self.root / "stopped.txt"
+        self.failure = self.root / "failed.txt"  # a sweep job's error line (the sweep went on)
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.root)!r})"
@@ -97,6 +98,13 @@ class RunFolder:
     def clear_stop(self) -> None:
         self._stopped.unlink(missing_ok=True)
 
+    def record_failure(self, message: str) -> None:
+        """A sweep job's one-line error, kept for the sweep's summary (``reports.sweep``)."""
+        write_text(self.failure, message.splitlines()[0] + "\n")
+
+    def failure_reason(self) -> str | None:
+        return self.failure.read_text().strip() if self.failure.is_file() and not self.results.is_file() else None
+
     # -- clients' local state (their heads) ----------------------------------------------
     def _head_rounds(self, partition_id: int) -> list[int]:
         folder = self.client_folder(partition_id)
@@ -136,6 +144,7 @@ class RunFolder:
     def write_results(self, results: dict[str, Any], table: str) -> None:
         write_json(self.results, results)
         write_text(self.results_table, table)
+        self.failure.unlink(missing_ok=True)  # a job that failed once and finished when run again
 
     def pretraining_videos(self) -> int | None:
         """The number of partitioned pretraining videos, from this run's partition manifest."""

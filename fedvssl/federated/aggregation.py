@@ -89,6 +89,21 @@ def beta_step(aggregate: State, previous: State) -> dict[str, np.ndarray]:
     return weighted_average([aggregate, {k: previous[k] for k in aggregate}], [0.5, 0.5])
 
 
+def clamp_variances(state: dict[str, np.ndarray]) -> int:
+    """Set BatchNorm running variances below 0 to 0, in place; how many entries were below.
+
+    A model that trained has no negative variance, but a server optimiser's step or DP noise
+    can push one below 0, and BatchNorm then gives NaN. Clamping is post-processing of the
+    released model: under DP it costs no privacy.
+    """
+    below = 0
+    for key, value in state.items():
+        if key.endswith("running_var") and (count := int((np.asarray(value) < 0).sum())):
+            state[key] = np.maximum(value, 0).astype(np.asarray(value).dtype)
+            below += count
+    return below
+
+
 def update_norm(state: State, previous: State | None = None) -> float:
     """The L2 norm of ``state - previous`` over the floating-point tensors (of ``state`` if
     ``previous`` is None: a bfloat16 reply is the update itself).

@@ -46,7 +46,7 @@ from flwr.serverapp.strategy.fedopt import FedOpt
 
 from fedvssl.core.files import load_npz, save_npz
 from fedvssl.federated import privacy
-from fedvssl.federated.aggregation import cast_like, weighted_average
+from fedvssl.federated.aggregation import cast_like, clamp_variances, weighted_average
 from fedvssl.federated.client_dp import KEY_CLIPPING, KEY_CLIPPING_NORM, KEY_NORM_BIT
 from fedvssl.federated.records import numpy_to_record, record_to_numpy
 from fedvssl.federated.replies import Reply
@@ -242,6 +242,7 @@ class ServerOptimizer(FlowerRule):
         if arrays is None:
             raise RuntimeError(f"{type(self.rule).__name__} aggregated nothing from {len(replies)} replies")
         out = record_to_numpy(arrays)
+        self._round["negative_variances"] = clamp_variances(out)
         ints = [k for k in self._previous if k not in current]
         if self.dp is None and ints:
             out.update(weighted_average([{k: m[k] for k in ints} for m in models], weights))
@@ -269,6 +270,14 @@ class ServerOptimizer(FlowerRule):
     # -- the history: the privacy spent ----------------------------------------------------
     def history_entry(self, server_round: int, replies: list[Reply], weights: np.ndarray, failures, aggregate):
         entry = super().history_entry(server_round, replies, weights, failures, aggregate)
+        if below := self._round.get("negative_variances"):
+            entry["negative_variances"] = below
+            if not any("negative_variances" in e for e in self.history):
+                log.warning(
+                    "round %d: %d BatchNorm running variances fell below 0 in the %s step and were set to 0 "
+                    "(counted per round in history.json as negative_variances)",
+                    server_round, below, "DP noise" if self.dp is not None else "server optimiser's",
+                )  # fmt: skip
         if self.dp is not None and replies:
             entry.update(self.privacy_entry(len(replies)))
             log.info(

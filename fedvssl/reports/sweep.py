@@ -41,6 +41,20 @@ def job_folders(folder: Path) -> list[RunFolder]:
     return [RunFolder(f.parent) for f in sorted(Path(folder).rglob(name), key=lambda p: str(p))]
 
 
+def failed_jobs(folder: Path) -> pd.DataFrame:
+    """The jobs below ``folder`` that failed (their ``failed.txt``, no results): job, overrides, error."""
+    rows = []
+    for path in sorted(Path(folder).rglob(RunFolder(folder).failure.name), key=lambda p: str(p)):
+        job = RunFolder(path.parent)
+        reason = job.failure_reason()
+        if reason is None:
+            continue
+        overrides_file = job.root / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+        rows.append({"job": str(job.root.relative_to(folder)), "overrides": " ".join(overrides), "error": reason})
+    return pd.DataFrame(rows, columns=["job", "overrides", "error"])
+
+
 def job_rows(folder: Path) -> pd.DataFrame:
     """One row per job folder holding a ``results.json``: its overrides and its downstream numbers."""
     rows = []
@@ -145,13 +159,19 @@ def over_seeds(frame: pd.DataFrame) -> pd.DataFrame:
 
 def write_summary(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``summary.md``/``.csv``/``.png`` (one row per job) and ``seeds.csv`` (pooled over seeds)."""
-    frame = job_rows(folder)
-    if frame.empty:
+    frame, failed = job_rows(folder), failed_jobs(folder)
+    if frame.empty and failed.empty:
         raise SystemExit(f"{folder}: no results.json below this folder")
+    text = f"# Sweep summary ({folder})\n\n"
+    if not failed.empty:
+        text += f"## Failed jobs ({len(failed)}; run the sweep again to retry them)\n\n{markdown(failed)}\n\n"
+    if frame.empty:
+        (folder / "summary.md").write_text(text)
+        return frame, pd.DataFrame()
     pooled = over_seeds(frame)
     frame.to_csv(folder / "summary.csv", index=False)
     pooled.to_csv(folder / "seeds.csv", index=False)
-    text = f"# Sweep summary ({folder})\n\n{markdown(frame)}\n"
+    text += f"{markdown(frame)}\n"
     if not pooled.empty:
         text += f"\n## Over seeds: pretrained against random init\n\n{markdown(pooled)}\n"
     gains = strategy_gains(frame)
@@ -185,10 +205,15 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
         folder = Path(config.hydra.sweep.dir)
-        if job_folders(folder):
+        failed = failed_jobs(folder)
+        if job_folders(folder) or not failed.empty:
             _, pooled = write_summary(folder)
             if not pooled.empty:
                 print(f"\nOver seeds ({folder / 'summary.md'}):\n\n{markdown(pooled)}")
+        if not failed.empty:
+            # The sweep went on past them; its exit status still says that it is not complete.
+            raise SystemExit(f"fedvssl: error: {len(failed)} job(s) of the sweep failed: {', '.join(failed['job'])} "
+                             f"({folder / 'summary.md'}; run the same command again to retry them)")  # fmt: skip
 
 
 # (our column in job_rows, the paper's in paper_results.csv, the header)
