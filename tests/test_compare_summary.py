@@ -156,3 +156,21 @@ def test_a_failed_job_is_listed_and_the_sweep_ends_with_status_1(tmp_path, monke
 
     RunFolder(job).write_results({}, "")  # run again, it finished: no longer a failure
     assert RunFolder(job).failure_reason() is None and not (job / "failed.txt").exists()
+
+
+@pytest.mark.slow
+def test_a_real_multirun_goes_on_past_failing_jobs_and_exits_1(tmp_path, flower_env):
+    """Hydra's own multirun: two jobs whose data folder is missing each fail with their one line;
+    the second still runs, and the sweep ends with status 1 naming both, without a traceback.
+    (Kinetics-400 layouts: a missing synthetic world would be generated instead.)"""
+    sweep = tmp_path / "sweep"
+    missing = ",".join(str(tmp_path / name) for name in ("gone-a", "gone-b"))
+    args = ["-m", "dataset=kinetics400", f"dataset.root={missing}", f"hydra.sweep.dir={sweep}"]
+    proc = run_main(args, flower_env, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    for job, name in (("0", "gone-a"), ("1", "gone-b")):
+        reason = (sweep / job / "failed.txt").read_text()
+        assert name in reason, reason
+    assert "2 job(s) of the sweep failed: 0, 1" in proc.stderr
+    assert "## Failed jobs (2" in (sweep / "summary.md").read_text()
