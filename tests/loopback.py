@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import time
@@ -10,11 +11,40 @@ from pathlib import Path
 
 from fedvssl.core.processes import cmdline
 
+_GIVEN: set[int] = set()  # ports this test session has handed out already
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections (Linux: 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free on 127.0.0.1 for a server a test starts, below the ephemeral range.
+
+    A port from ``bind(0)`` lies in the ephemeral range, from which every outgoing connection
+    (gRPC clients, the SuperNodes' own) takes its local port: one did take it between the
+    check and the server's bind (``address already in use``, once in a CI run). Below that
+    range only servers bind (from 20000: `ray start` gives its workers 10002-19999), and the
+    session never hands out a port twice.
+    """
+    low = _ephemeral_low()
+    for _ in range(500):
+        port = random.randrange(20000, low) if low > 21000 else 0
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = s.getsockname()[1]
+        _GIVEN.add(port)
+        return port
+    raise RuntimeError("no free port on 127.0.0.1 below the ephemeral range")
 
 
 def wait_for_port(port: int, timeout: float = 60) -> None:
