@@ -155,11 +155,11 @@ def sweep_job(cfg: DictConfig) -> None:
     """One job of a multirun: its error costs this job, never the sweep. The one line goes to
     stderr and to the job's ``failed.txt``; the sweep's summary lists the failed jobs and the
     multirun exits 1 when it ends. Run again, the sweep retries the job (``resume_sweep``)."""
-    from fedvssl.core.errors import CheckpointError, DataError
+    from fedvssl.core.errors import USER_ERRORS
 
     try:
         checked_run(cfg)
-    except (ConfigError, DataError, CheckpointError, RunError) as e:
+    except USER_ERRORS as e:
         folder = RunFolder(cfg.run.dir)
         print(f"fedvssl: error: {folder.root}: {e} (the sweep goes on)", file=sys.stderr)
         folder.record_failure(str(e))

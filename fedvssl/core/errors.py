@@ -32,6 +32,10 @@ class RunError(RuntimeError):
     """The federated run could not finish; the message is one line."""
 
 
+# Every error a user can cause: each ends a command with one line (a sweep job: that job only).
+USER_ERRORS = (ConfigError, DataError, CheckpointError, RunError)
+
+
 def one_line_errors(command: F) -> F:
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
