@@ -109,7 +109,7 @@ def main() -> None:
             loader = DataLoader(ds, batch_size=4, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
             r = rate(loader, 1, a.seconds)
             rows.append(("train", backend, workers, r, r / seq_train))
-            ds = ClipsDataset(ucf, clip_len, 2, 10, (round(128 * crop / 112), round(171 * crop / 112)), crop, backend)
+            ds = ClipsDataset(ucf, clip_len, 2, 10, (128, 171), crop, backend)  # sizes at the 112 crop
             loader = DataLoader(ds, batch_size=2, num_workers=workers, persistent_workers=workers > 0)
             r = rate(loader, 10, a.seconds)
             rows.append(("test (10 clips)", backend, workers, r, r / seq_test))

@@ -18,23 +18,18 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from fedvssl.config.checks import CONF_DIR, check_cache_build, validate
-from fedvssl.config.settings import downstream_set, pretrain_source
+from fedvssl.config.settings import downstream_set, partition_settings, pretrain_source
 from fedvssl.core.errors import RunError, one_line_errors
 from fedvssl.data.frame_cache import Manifest, write_manifest
 from fedvssl.data.frame_cache_build import build_cache
-from fedvssl.data.lists import DOWNSTREAM_READERS, pretrain_list, published_list
-from fedvssl.data.partitions import PUBLISHED
+from fedvssl.data.lists import DOWNSTREAM_READERS
+from fedvssl.data.pretraining import listed_pretraining
 from fedvssl.prepare import generate_data
 
 
 def listed_videos(cfg: DictConfig) -> list[str]:
     """Every video file the run lists, pretraining and downstream, in list order (resolved or not)."""
-    source = pretrain_source(cfg)
-    if cfg.partition.scheme == PUBLISHED:
-        p = cfg.partition
-        records = published_list(Path(p.dir), p.num_clients, Path(p.class_index), Path(source.videos))
-    else:
-        records = pretrain_list(source)[0]
+    records = listed_pretraining(pretrain_source(cfg), partition_settings(cfg))
     for name in cfg.finetune.datasets:
         ds = downstream_set(cfg, name)
         train, test, _ = DOWNSTREAM_READERS[name](Path(ds.root), ds.split)

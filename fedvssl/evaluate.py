@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from fedvssl.config.checks import CONF_DIR, validate
-from fedvssl.core.errors import CheckpointError, one_line_errors
+from fedvssl.core.errors import one_line_errors
 from fedvssl.core.run_folder import RunFolder
 
 
@@ -26,24 +26,15 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from fedvssl.config.settings import evaluation_settings
-    from fedvssl.downstream.protocol import checkpoint_and_control, evaluate_states
-    from fedvssl.downstream.retrieval import NonFiniteFeatures, bad_tensor
+    from fedvssl.downstream.protocol import evaluate_checkpoint
     from fedvssl.prepare import generate_data
     from fedvssl.reports.tables import precision_record, results_markdown
 
     validate(cfg)
     generate_data(cfg)
     checkpoint = cfg.get("checkpoint")
-    settings = evaluation_settings(cfg)
-    states = checkpoint_and_control(settings, checkpoint)
-    # A checkpoint comes from outside: NaN in, NaN scores out, unless stopped here.
-    if checkpoint and (problem := bad_tensor(states["pretrained"])):
-        raise CheckpointError(f"{checkpoint}: {problem}")
     start = time.perf_counter()
-    try:
-        results = evaluate_states(settings, states)
-    except NonFiniteFeatures as e:
-        raise CheckpointError(f"{checkpoint or 'the random-init backbone'}: {e}") from None
+    results, first = evaluate_checkpoint(evaluation_settings(cfg), checkpoint)
     results["run"] = {
         "checkpoint": str(checkpoint) if checkpoint else None,
         "overrides": list(HydraConfig.get().overrides.task),
@@ -51,7 +42,7 @@ def main(cfg: DictConfig) -> None:
         "precision": precision_record(cfg.runtime, None),  # no transfer: nothing is federated here
         "wall_time_s": {"evaluation_s": round(time.perf_counter() - start, 2)},
     }
-    text = results_markdown(results, list(cfg.finetune.retrieval.ks), next(iter(states)))
+    text = results_markdown(results, list(cfg.finetune.retrieval.ks), first)
     RunFolder(cfg.run.dir).write_results(results, text)
     print(text)
 

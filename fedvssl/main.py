@@ -63,10 +63,9 @@ def simulate(cfg: DictConfig) -> None:
 def run_downstream(cfg: DictConfig, checkpoint: Path) -> dict:
     """Downstream scores of the final global backbone (and of its random-init control)."""
     from fedvssl.config.settings import evaluation_settings
-    from fedvssl.downstream.protocol import checkpoint_and_control, evaluate_states
+    from fedvssl.downstream.protocol import evaluate_checkpoint
 
-    settings = evaluation_settings(cfg)
-    return evaluate_states(settings, checkpoint_and_control(settings, checkpoint))
+    return evaluate_checkpoint(evaluation_settings(cfg), checkpoint)[0]
 
 
 # Overrides that concern only pretraining or the run folder, left out of the later evaluation.

@@ -24,12 +24,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from fedvssl.config.checks import CONF_DIR, CONFIG_ENV, to_yaml, validate
-from fedvssl.config.settings import downstream_set, pretrain_source, screening
-from fedvssl.core.errors import DataError, one_line_errors
+from fedvssl.config.settings import downstream_set, partition_settings, pretrain_source, screening
+from fedvssl.core.errors import one_line_errors
 from fedvssl.core.run_folder import RunFolder
-from fedvssl.data import partitions as P
-from fedvssl.data.lists import PRETRAIN_FORMATS, pretrain_list, published_list, screen_downstream
-from fedvssl.data.screening import skipped, usable
+from fedvssl.data.lists import screen_downstream
+from fedvssl.data.pretraining import partition_pretraining
 
 log = logging.getLogger("fedvssl")
 
@@ -57,33 +56,9 @@ def generate_data(cfg: DictConfig) -> None:
 def screen_and_partition(cfg: DictConfig) -> None:
     """Generate the embedded data if asked to, screen every list, write the client partitions."""
     generate_data(cfg)
-    checks, source = screening(cfg), pretrain_source(cfg)
-    unusable = []
-    for name in cfg.finetune.datasets:
-        unusable += screen_downstream(downstream_set(cfg, name), checks)[3]
-
-    pcfg = cfg.partition
-    out = Path(pcfg.dir)
-    if pcfg.scheme == P.PUBLISHED:
-        records = published_list(out, pcfg.num_clients, Path(pcfg.class_index), Path(source.videos))
-        unique = list({r.name: r for r in records}.values())
-        _, bad = usable(unique, "pretraining", source.videos_root, checks)
-        unusable += skipped("pretraining", "train", bad)
-    else:
-        listed, classes = pretrain_list(source)
-        good, bad = usable(listed, "pretraining", source.videos_root, checks)
-        unusable += skipped("pretraining", "train", bad)
-        items = [(P.item_name(r.name), r.label + 1) for r in good]
-        if PRETRAIN_FORMATS[source.format].sort_items:
-            items.sort()
-        try:
-            clients, params = P.split(
-                items, pcfg.scheme, pcfg.num_clients, pcfg.get("seed", 7), float(pcfg.get("alpha", 0.5))
-            )
-        except ValueError as e:
-            raise DataError(f"partition: {e} ({source.videos_root}: {len(items)} usable videos)") from None
-        meta = {"scheme": pcfg.scheme, **params, "sha256": P.checksum(items)}
-        P.write_partition(clients, [c.replace(" ", "_") for c in classes], out, meta)
+    checks = screening(cfg)
+    unusable = [e for name in cfg.finetune.datasets for e in screen_downstream(downstream_set(cfg, name), checks)[3]]
+    unusable += partition_pretraining(pretrain_source(cfg), partition_settings(cfg), checks)
     RunFolder(cfg.run.dir).write_unusable(unusable)
 
 

@@ -139,7 +139,9 @@ def test_uniform_clip_starts_follow_the_reference_formula():
 
 def test_clips_dataset_shapes(world):
     train, _, _ = read_ucf101(world / "ucf101", 1)
-    ds = ClipsDataset(train[:2], clip_len=4, stride=2, num_clips=3, resize_hw=(37, 49), crop=32, backend="auto")
+    # The test resize as the configs give it (128 x 171 at the reference 112 crop) is 37 x 49 at 32.
+    ds = ClipsDataset(train[:2], clip_len=4, stride=2, num_clips=3, resize_hw=(128, 171), crop=32, backend="auto")
+    assert ds.resize_hw == (37, 49)
     item = ds[1]
     views = item["imgs"]
     assert views.shape == (3, 3, 4, 32, 32) and item["label"] == train[1].label and item["bad"] == -1

@@ -51,7 +51,7 @@ def trained(s, videos, num_classes, passes=None):
     seen = []
     if passes is not None:
         model.register_forward_pre_hook(lambda _, args: seen.append(len(args[0])))
-    losses = train_classifier(model, videos, s, torch.device("cpu"))
+    losses = train_classifier(model, videos, s, s.clips.compute)
     return model, losses, seen
 
 

@@ -81,7 +81,7 @@ def test_loading_replaces_a_broken_video_deterministically(broken_world):
 def test_clips_dataset_flags_instead_of_replacing(broken_world):
     records = kinetics(broken_world)
     bad_path = [r for r in records if r.path and os.path.getsize(r.path) == 0][0]
-    ds = ClipsDataset([bad_path], 4, 2, 2, (37, 49), 32, "auto")
+    ds = ClipsDataset([bad_path], 4, 2, 2, (128, 171), 32, "auto")  # 37 x 49 at the 32 crop
     assert ds[0]["bad"] == 0 and ds[0]["imgs"].shape == (2, 3, 4, 32, 32)
 
 

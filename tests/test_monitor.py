@@ -142,7 +142,7 @@ def test_the_monitor_scores_the_given_state_and_the_control_once(world, tmp_path
     import fedvssl.downstream.monitor as monitor_module
     from fedvssl.config.settings import evaluation_settings
     from fedvssl.downstream.monitor import RetrievalMonitor
-    from fedvssl.downstream.protocol import build_backbone
+    from fedvssl.models.r3d import seeded_backbone
 
     settings = evaluation_settings(compose_tiny(world, tmp_path))
     evaluated = []
@@ -154,7 +154,9 @@ def test_the_monitor_scores_the_given_state_and_the_control_once(world, tmp_path
 
     monkeypatch.setattr(monitor_module, "evaluate_states", spy)
     monitor = RetrievalMonitor(settings, every=5, clips_per_video=1, datasets=["ucf101"])
-    random_init = {k: v.numpy() for k, v in build_backbone(None, settings.seed, settings.backbone).state_dict().items()}
+    random_init = {
+        k: v.numpy() for k, v in seeded_backbone(None, settings.seed, settings.backbone).state_dict().items()
+    }
     first = monitor(random_init)
     # The seeded random-init state, scored as "the global model", is the control itself.
     assert first["global"] == first["random_init"] and set(first["global"]["ucf101"]) == {

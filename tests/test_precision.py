@@ -23,6 +23,7 @@ from fedvssl.downstream.retrieval import extract_features
 from fedvssl.federated.training import train_epoch
 from fedvssl.models.precision import (
     FP32,
+    Compute,
     Conv3d,
     Precision,
     autocast,
@@ -188,7 +189,7 @@ def backbone():
 
 
 def _features(backbone, precision: Precision, loader=None) -> torch.Tensor:
-    feats, _ = extract_features({"b": copy.deepcopy(backbone)}, loader or _views(), precision=precision)
+    feats, _ = extract_features({"b": copy.deepcopy(backbone)}, loader or _views(), Compute.on("cpu", precision))
     return feats["b"]
 
 
@@ -202,7 +203,7 @@ def test_channels_last_retrieval_features_match_default_format(backbone):
     f32, fcl = _features(backbone, FP32), _features(backbone, CHANNELS_LAST)
     assert _rel(fcl, f32) < LAYOUT_REL_TOL
     loaded = copy.deepcopy(backbone)
-    extract_features({"b": loaded}, _views(), precision=CHANNELS_LAST)
+    extract_features({"b": loaded}, _views(), Compute.on("cpu", CHANNELS_LAST))
     assert loaded.stem.conv.weight.is_contiguous(memory_format=CL3D)
     f_both = _features(backbone, FAST)
     assert F.cosine_similarity(f_both, f32).min().item() >= FEATURE_COS_TOL and not torch.equal(f_both, f32)
@@ -211,10 +212,30 @@ def test_channels_last_retrieval_features_match_default_format(backbone):
 def test_bf16_fine_tuning_logits_agree_with_fp32(backbone):
     model = copy.deepcopy(backbone).eval()  # a backbone is a classifier of 512 "classes" here
     loader = [{**v, "imgs": v["imgs"]} for v in _views()]
-    l32, _ = video_logits(model, loader, precision=FP32)
-    l16, _ = video_logits(prepare(model, FAST, "cpu"), loader, precision=FAST)
+    l32, _ = video_logits(model, loader, Compute.on("cpu", FP32))
+    fast = Compute.on("cpu", FAST)
+    l16, _ = video_logits(fast.prepare(model), loader, fast)
     assert l16.dtype == torch.float32 and not torch.equal(l16, l32)
     assert F.cosine_similarity(l16.flatten(1), l32.flatten(1)).min().item() >= FEATURE_COS_TOL
+
+
+def test_compute_resolves_the_device_once_and_applies_its_precision():
+    """``Compute.on``: ``auto`` becomes a real device; each step uses the precision it was given."""
+    auto = Compute.on("auto", CHANNELS_LAST)
+    assert auto.device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cpu = Compute.on("cpu", CHANNELS_LAST)
+    assert cpu.device == torch.device("cpu") and cpu.pin_memory is False  # pinning serves CUDA only
+    batch = {"imgs": torch.randn(2, 3, 4, 8, 8), "label": torch.arange(2)}
+    assert cpu.batch(batch)["imgs"].is_contiguous(memory_format=CL3D)
+    assert Compute.on("cpu").batch(batch)["imgs"].is_contiguous()
+    model = cpu.prepare(R3D18())
+    assert model.stem.conv.weight.is_contiguous(memory_format=CL3D)
+    with Compute.on("cpu", BF16).autocast():
+        assert torch.is_autocast_enabled("cpu")
+    with cpu.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    assert not cpu.grad_scaler().is_enabled()
+    assert Compute.on("cpu", Precision(amp_dtype="fp16")).grad_scaler().is_enabled()
 
 
 def test_compile_option_compiles_the_backbone_in_place():

@@ -16,8 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedvssl.core.errors import ConfigError
 from fedvssl.data.lists import DownstreamSet, PretrainSource
+from fedvssl.data.pretraining import PartitionSettings
 from fedvssl.data.screening import ScreeningSettings
-from fedvssl.models.precision import Precision
+from fedvssl.models.precision import Compute, Precision
 from fedvssl.models.r3d import BackboneSize
 
 T = TypeVar("T")
@@ -79,6 +80,11 @@ class ClipInput:
     precision: Precision = field(default_factory=Precision)  # runtime.precision
     frame_cache: str | None = None  # runtime.frame_cache: read with decode_backend=cache
 
+    @property
+    def compute(self) -> Compute:
+        """``device`` (``auto`` resolved) in ``precision``."""
+        return Compute.on(self.device, self.precision)
+
 
 @dataclass(frozen=True)
 class RetrievalSettings:
@@ -137,6 +143,10 @@ def screening(cfg: DictConfig) -> ScreeningSettings:
 
 def pretrain_source(cfg: DictConfig) -> PretrainSource:
     return settings(PretrainSource, cfg.dataset.pretrain)
+
+
+def partition_settings(cfg: DictConfig) -> PartitionSettings:
+    return settings(PartitionSettings, cfg.partition)
 
 
 def downstream_set(cfg: DictConfig, name: str) -> DownstreamSet:

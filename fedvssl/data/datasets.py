@@ -107,6 +107,8 @@ class PretextDataset(VideoDataset):
 class ClipsDataset(VideoDataset):
     """``num_clips`` uniformly spread test views per video: [clips, 3, T, H, W] and the label.
 
+    ``resize_hw`` is given at the reference 112 crop, as the configs give it, and scales with ``crop``.
+
     A video that cannot be decoded is not replaced (that would duplicate another
     video in a retrieval gallery): its item has ``bad`` set and is dropped by the caller.
     """
@@ -124,7 +126,8 @@ class ClipsDataset(VideoDataset):
     ) -> None:
         super().__init__(records, backend, frame_cache)
         self.clip_len, self.stride, self.num_clips = clip_len, stride, num_clips
-        self.resize_hw, self.crop = tuple(resize_hw), crop
+        self.resize_hw = (T.at_crop(resize_hw[0], crop), T.at_crop(resize_hw[1], crop))
+        self.crop = crop
 
     def load(self, i: int) -> dict:
         rec = self.records[i]

@@ -34,6 +34,24 @@ class TrainPreset:
         self.brightness, self.contrast = tuple(brightness), tuple(contrast)
         self.hue_saturation = tuple(hue_saturation)
 
+    @classmethod
+    def at_reference(
+        cls,
+        sizes: Sequence[int] | Sequence[tuple[int, int]],
+        crop: int,
+        flip_p: float,
+        brightness: tuple[float, float],
+        contrast: tuple[float, float],
+        hue_saturation: tuple[float, float, float],
+    ) -> TrainPreset:
+        """The preset for resize ``sizes`` given at the reference 112 crop, as the configs give them:
+        scaled to ``crop``, never below it."""
+        scaled = [
+            T.at_crop(s, crop, crop) if isinstance(s, int) else tuple(T.at_crop(x, crop, crop) for x in s)
+            for s in sizes
+        ]
+        return cls(scaled, crop, flip_p, brightness, contrast, hue_saturation)
+
     def resize(self, clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         if isinstance(self.sizes[0], int):  # short sides, as CtP's GroupScale for Speed
             return T.resize_short_side(clip, int(rng.choice(self.sizes)))

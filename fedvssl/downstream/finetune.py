@@ -31,11 +31,9 @@ from fedvssl.data.annotations import VideoRecord
 from fedvssl.data.datasets import VideoDataset
 from fedvssl.data.presets import TrainPreset
 from fedvssl.data.samplers import random_clip_indices, read_clip
-from fedvssl.data.transforms import at_crop
 from fedvssl.downstream.views import view_loader
-from fedvssl.models.device import device_of
 from fedvssl.models.heads import ClsHead
-from fedvssl.models.precision import FP32, Precision, autocast, grad_scaler, pin_memory, prepare, to_device, to_input
+from fedvssl.models.precision import CPU, Compute
 from fedvssl.models.r3d import PAPER_SIZE, R3D18, BackboneSize, load_backbone
 
 log = logging.getLogger(__name__)
@@ -61,8 +59,10 @@ class TrainClips(VideoDataset):
     ) -> None:
         super().__init__(records, clips.decode_backend, clips.frame_cache)
         self.clip_len, self.crop, self.stride = clips.clip_len, clips.crop_size, t.stride
-        sizes_hw = [(at_crop(h, self.crop, self.crop), at_crop(w, self.crop, self.crop)) for w, h in t.scales_wh]
-        self.augment = TrainPreset(sizes_hw, self.crop, t.flip_p, t.brightness, t.contrast, t.hue_saturation)
+        sizes_hw = [(h, w) for w, h in t.scales_wh]
+        self.augment = TrainPreset.at_reference(
+            sizes_hw, self.crop, t.flip_p, t.brightness, t.contrast, t.hue_saturation
+        )
         self.seed = tuple(int(s) for s in seed)
 
     def load(self, i: int) -> dict[str, Any]:
@@ -100,11 +100,10 @@ def accuracies(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> 
 def video_logits(
     model: nn.Module,
     loader: DataLoader,
+    compute: Compute = CPU,
     progress: bool = False,
-    device: str | torch.device = "cpu",
-    precision: Precision = FP32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clip logits averaged per video (undecodable videos left out), under ``precision``'s autocast."""
+    """Clip logits averaged per video (undecodable videos left out), under ``compute``'s autocast."""
     model.eval()
     out, labels = [], []
     for batch in tqdm(loader, desc="test", disable=not progress, leave=False):
@@ -112,8 +111,8 @@ def video_logits(
         views = batch["imgs"][keep]
         if len(views):
             b, c = views.shape[:2]
-            with autocast(precision, device):
-                logits = model(to_input(views.flatten(0, 1), precision, device))
+            with compute.autocast():
+                logits = model(compute.input(views.flatten(0, 1)))
             out.append(logits.float().reshape(b, c, -1).mean(1).cpu())
             labels.append(torch.as_tensor(batch["label"])[keep])
     return torch.cat(out), torch.cat(labels)
@@ -145,8 +144,7 @@ def train_epoch(
     opt: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     t: FinetuneSettings,
-    precision: Precision,
-    device: torch.device,
+    compute: Compute,
 ) -> float:
     """One epoch of SGD steps over ``t.batch_size`` clips each; returns the mean loss per clip."""
     params = [q for group in opt.param_groups for q in group["params"]]
@@ -155,8 +153,8 @@ def train_epoch(
         step_clips = sum(len(b["label"]) for b in group)
         opt.zero_grad(set_to_none=True)
         for batch in group:
-            batch = to_device(batch, precision, device)
-            with autocast(precision, device):
+            batch = compute.batch(batch)
+            with compute.autocast():
                 loss = F.cross_entropy(model(batch["imgs"]), batch["label"], reduction="sum")
             # Each pass adds its share of the step's mean loss: the gradient is the mean over the step's clips.
             scaler.scale(loss / step_clips).backward()
@@ -169,14 +167,14 @@ def train_epoch(
 
 
 def train_classifier(
-    model: TSNClassifier, train: Sequence[VideoRecord], s: EvaluationSettings, device: torch.device
+    model: TSNClassifier, train: Sequence[VideoRecord], s: EvaluationSettings, compute: Compute
 ) -> list[float]:
-    """Fine-tune ``model`` in place for ``finetune.training.epochs``; the mean training loss of each epoch."""
-    t, clips, seed, precision = s.finetune, s.clips, s.seed, s.clips.precision
+    """Fine-tune ``model`` on ``compute``, in place, for ``finetune.training.epochs``; each epoch's mean loss."""
+    t, clips, seed = s.finetune, s.clips, s.seed
     params = trainable(model, t.linear_probe)
     opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=t.milestones, gamma=0.1)
-    scaler = grad_scaler(precision, device)
+    scaler = compute.grad_scaler()
     torch.manual_seed(seed)
     losses = []
     for epoch in tqdm(range(t.epochs), desc="fine-tune", disable=not clips.progress):
@@ -188,10 +186,10 @@ def train_classifier(
             batch_size=t.batch_size // t.accumulate,
             shuffle=True,
             num_workers=clips.eval_workers,
-            pin_memory=pin_memory(device),
+            pin_memory=compute.pin_memory,
             generator=torch.Generator().manual_seed(seed * 1000 + epoch),
         )
-        losses.append(train_epoch(model, loader, opt, scaler, t, precision, device))
+        losses.append(train_epoch(model, loader, opt, scaler, t, compute))
         sched.step()
         log.info("fine-tune epoch %d: loss %.4f", epoch + 1, losses[-1])
     return losses
@@ -205,13 +203,12 @@ def finetune(
     state: Mapping[str, np.ndarray] | None,
 ) -> dict[str, Any]:
     """Train the classifier for ``finetune.training.epochs`` and test it with uniform clips."""
-    t, clips, precision = s.finetune, s.clips, s.clips.precision
-    device = device_of(clips.device)
+    t, clips, compute = s.finetune, s.clips, s.clips.compute
     start = time.perf_counter()
-    model = prepare(build_classifier(state, num_classes, t.dropout, s.seed, s.backbone), precision, device)
-    losses = train_classifier(model, train, s, device)
+    model = compute.prepare(build_classifier(state, num_classes, t.dropout, s.seed, s.backbone))
+    losses = train_classifier(model, train, s, compute)
     loader = view_loader(test, clips, t.stride, t.num_test_clips, s.retrieval.resize_hw, s.retrieval.batch_size)
-    logits, labels = video_logits(model, loader, clips.progress, device, precision)
+    logits, labels = video_logits(model, loader, compute, clips.progress)
     return {
         **accuracies(logits, labels, num_classes),
         "epochs": t.epochs,

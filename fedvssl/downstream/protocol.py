@@ -1,6 +1,6 @@
 """Downstream evaluation of backbones on UCF-101 and HMDB-51: retrieval, and fine-tuning.
 
-The command is ``fedvssl.evaluate``; the main job calls :func:`evaluate_states` after pretraining.
+The command ``fedvssl.evaluate``, and the main job after pretraining, call :func:`evaluate_checkpoint`.
 """
 
 from __future__ import annotations
@@ -11,16 +11,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
 from fedvssl.config.settings import EvaluationSettings
+from fedvssl.core.errors import CheckpointError
 from fedvssl.data.annotations import VideoRecord
 from fedvssl.data.lists import downstream_splits
-from fedvssl.downstream.retrieval import extract_features, recall_at_k
+from fedvssl.downstream.retrieval import NonFiniteFeatures, bad_tensor, extract_features, recall_at_k
 from fedvssl.downstream.views import view_loader
-from fedvssl.models.device import device_of
-from fedvssl.models.r3d import R3D18, BackboneSize, load_backbone
+from fedvssl.models.r3d import seeded_backbone
 
 log = logging.getLogger(__name__)
 State = Mapping[str, np.ndarray] | None
@@ -37,14 +36,19 @@ def checkpoint_and_control(s: EvaluationSettings, checkpoint: str | Path | None)
     return states
 
 
-def build_backbone(state: State, seed: int, size: BackboneSize) -> R3D18:
-    """The standard-stride backbone, from a state or (``None``) the seeded random init."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        backbone = R3D18(ctp_strides=False, size=size)
-    if state is not None:
-        load_backbone(backbone, {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
-    return backbone
+def evaluate_checkpoint(s: EvaluationSettings, checkpoint: str | Path | None) -> tuple[dict[str, dict], str]:
+    """:func:`evaluate_states` of a checkpoint's backbone (and of its control, see
+    :func:`checkpoint_and_control`), or of the control alone; also the tag its scores lead with.
+
+    A checkpoint comes from outside the process: NaN in, NaN scores out, unless stopped here.
+    """
+    states = checkpoint_and_control(s, checkpoint)
+    if checkpoint and (problem := bad_tensor(states["pretrained"])):
+        raise CheckpointError(f"{checkpoint}: {problem}")
+    try:
+        return evaluate_states(s, states), next(iter(states))
+    except NonFiniteFeatures as e:
+        raise CheckpointError(f"{checkpoint or 'the random-init backbone'}: {e}") from None
 
 
 def _loader(records: list[VideoRecord], s: EvaluationSettings) -> DataLoader:
@@ -67,11 +71,10 @@ def evaluate_states(s: EvaluationSettings, states: Mapping[str, State]) -> dict[
         train, test, classes = downstream_splits(ds, s.screening)
         entry: dict = {"queries": len(test), "gallery": len(train), "classes": len(classes)}
         start = time.perf_counter()
-        backbones = {tag: build_backbone(state, s.seed, s.backbone) for tag, state in states.items()}
-        device = str(device_of(s.clips.device))
-        p, shown = s.clips.precision, s.clips.progress
-        g, gl = extract_features(backbones, _loader(train, s), device, progress=shown, precision=p)
-        q, ql = extract_features(backbones, _loader(test, s), device, progress=shown, precision=p)
+        backbones = {tag: seeded_backbone(state, s.seed, s.backbone) for tag, state in states.items()}
+        compute, shown = s.clips.compute, s.clips.progress
+        g, gl = extract_features(backbones, _loader(train, s), compute, progress=shown)
+        q, ql = extract_features(backbones, _loader(test, s), compute, progress=shown)
         seconds = round((time.perf_counter() - start) / len(states), 2)
         for i, (tag, state) in enumerate(states.items()):
             scores: dict = {"retrieval": recall_at_k(q[tag], ql, g[tag], gl, ks), "time_s": seconds}

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from fedvssl.core.errors import DataError
-from fedvssl.models.precision import FP32, Precision, autocast, prepare, to_input
+from fedvssl.models.precision import CPU, Compute
 
 RETRIEVAL_POOL = (2, 3, 3)
 
@@ -46,18 +46,17 @@ def bad_tensor(state: Mapping[str, np.ndarray]) -> str | None:
 def extract_features(
     backbones: Mapping[str, nn.Module],
     loader: DataLoader,
-    device: str = "cpu",
+    compute: Compute = CPU,
     progress: bool = False,
-    precision: Precision = FP32,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Video descriptors [N, 9216] per named backbone, and labels [N], batched, in eval mode.
 
     Every backbone sees the same decoded batch, so the clips are decoded once however
-    many backbones (pretrained, random init) are compared. The backbones run in
-    ``precision`` (autocast, memory format, compile); the descriptors are float32.
+    many backbones (pretrained, random init) are compared. The backbones run on ``compute``'s
+    device in its precision (autocast, memory format, compile); the descriptors are float32.
     """
     for backbone in backbones.values():
-        prepare(backbone.eval(), precision, device)
+        compute.prepare(backbone.eval())
     pool = nn.AdaptiveAvgPool3d(RETRIEVAL_POOL)
     feats: dict[str, list[torch.Tensor]] = {tag: [] for tag in backbones}
     labels = []
@@ -69,9 +68,9 @@ def extract_features(
         if len(views) == 0:
             continue
         b, c = views.shape[:2]
-        clips = to_input(views.flatten(0, 1), precision, device)
+        clips = compute.input(views.flatten(0, 1))
         for tag, backbone in backbones.items():
-            with autocast(precision, device):
+            with compute.autocast():
                 out = backbone(clips)
             feats[tag].append(pool(out.float()).flatten(1).view(b, c, -1).mean(1).cpu())
             _check_finite(tag, feats[tag][-1], keep, seen - len(keep), loader.dataset)

@@ -12,7 +12,8 @@ Client training, retrieval features and fine-tuning take a :class:`Precision`
 - ``compile``: ``torch.compile`` the backbone (in place, so its state_dict keeps its names).
 
 Pinned host memory and non-blocking copies come with a CUDA device (:func:`pin_memory`,
-:func:`to_device`). The defaults are plain fp32 and change nothing.
+:func:`to_device`). The defaults are plain fp32 and change nothing. :class:`Compute` holds a
+device and a precision together, for the downstream paths.
 
 The backbone's convolutions are :class:`Conv3d`: under bf16 autocast on the CPU, a
 convolution whose kernel is larger than its input in some dimension pads its input
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fedvssl.models.device import device_of
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16, "auto": None}
 
@@ -141,3 +144,42 @@ def overhangs(x: torch.Tensor, kernel: tuple[int, ...]) -> bool:
 def grad_scaler(p: Precision, device: torch.device | str) -> torch.amp.GradScaler:
     """A loss scaler for fp16 training (bf16 and fp32 need none: then it passes everything through)."""
     return torch.amp.GradScaler(torch.device(device).type, enabled=p.amp_dtype == "fp16")
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where and how a model computes: a device (``auto`` resolved) and a :class:`Precision`.
+
+    The downstream paths take one of these rather than a (device, precision) pair and ask it
+    for each step, so the pair is resolved once per run and cannot drift between the steps.
+    """
+
+    device: torch.device
+    precision: Precision = FP32
+
+    @classmethod
+    def on(cls, device: str | torch.device, precision: Precision = FP32) -> Compute:
+        """``runtime.device`` (cpu, cuda, cuda:N or auto) in ``precision``."""
+        return cls(device_of(str(device)), precision)
+
+    @property
+    def pin_memory(self) -> bool:
+        return pin_memory(self.device)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return prepare(model, self.precision, self.device)
+
+    def input(self, x: torch.Tensor) -> torch.Tensor:
+        return to_input(x, self.precision, self.device)
+
+    def batch(self, batch: dict) -> dict:
+        return to_device(batch, self.precision, self.device)
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        return autocast(self.precision, self.device)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        return grad_scaler(self.precision, self.device)
+
+
+CPU = Compute(torch.device("cpu"))

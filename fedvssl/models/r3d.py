@@ -8,8 +8,10 @@ eps 1e-3 as in CtP, convolutions have no bias and the stem has no max-pool.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -113,3 +115,14 @@ def load_backbone(backbone: R3D18, state: dict[str, torch.Tensor]) -> None:
     """Strictly load a backbone from a state that may carry the ``backbone.`` prefix."""
     stripped = {k.removeprefix(BACKBONE_PREFIX): v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
     backbone.load_state_dict(stripped or state, strict=True)
+
+
+def seeded_backbone(state: Mapping[str, np.ndarray] | None, seed: int, size: BackboneSize = PAPER_SIZE) -> R3D18:
+    """The standard-stride backbone of the downstream protocol: loaded from ``state``, or (``None``)
+    the random init drawn from ``seed`` (torch's global generator left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        backbone = R3D18(ctp_strides=False, size=size)
+    if state is not None:
+        load_backbone(backbone, {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+    return backbone

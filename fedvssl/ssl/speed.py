@@ -17,7 +17,6 @@ from torch import nn
 
 from fedvssl.data.presets import TrainPreset
 from fedvssl.data.samplers import read_clip
-from fedvssl.data.transforms import at_crop
 from fedvssl.data.video import VideoReader
 from fedvssl.models.heads import ClsHead
 from fedvssl.ssl.base import PretextModel, SSLMethod
@@ -43,8 +42,8 @@ class Speed(SSLMethod):
         backbone: dict[str, int] | None = None,
     ) -> None:
         super().__init__(clip_len, crop_size, optimizer, backbone)
-        self.scales = [at_crop(s, self.crop_size, minimum=self.crop_size) for s in scales]
-        self.augment = TrainPreset(self.scales, self.crop_size, flip_p, brightness, contrast, hue_saturation)
+        self.augment = TrainPreset.at_reference(scales, self.crop_size, flip_p, brightness, contrast, hue_saturation)
+        self.scales = self.augment.sizes  # the short sides at this crop
         self.dropout = dropout
 
     def build_head(self) -> nn.Module:
