@@ -159,3 +159,37 @@ def test_the_check_catches_an_upward_import(tmp_path, module, line, expected):
 def test_the_check_catches_a_cycle():
     graph = {"fedvssl.data.a": {"fedvssl.data.b"}, "fedvssl.data.b": {"fedvssl.data.a"}, "fedvssl.data.c": set()}
     assert cycles(graph) == [["fedvssl.data.a", "fedvssl.data.b"]]
+
+
+# The config walk (tests/config_walk.py): a config-derived value that comes back up from a lower
+# floor only to be passed down again is a climb back up. At most this many, entry points included.
+MAX_CLIMBS = 10
+
+
+def test_the_config_walk_climbs_back_up_at_most_ten_times():
+    from config_walk import config_walk
+
+    crossings = config_walk()
+    climbs = [f"{c.caller}:{c.line} -> {c.callee}" for c in crossings if c.climbs]
+    assert len(crossings) > 20  # the walk does reach the stages (a broken walk would count nothing)
+    assert len(climbs) <= MAX_CLIMBS, "\n".join(climbs)
+
+
+def test_the_config_walk_counts_a_value_relayed_back_down(tmp_path):
+    """The downstream views asking models for the device, then models again for pinning, is one climb."""
+    from config_walk import config_walk
+
+    for p in (ROOT / "fedvssl").rglob("*.py"):
+        target = tmp_path / p.relative_to(ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(p.read_text())
+    views = tmp_path / "fedvssl" / "downstream" / "views.py"
+    body = views.read_text()
+    assert "pin = clips.compute.pin_memory" in body
+    body = body.replace("pin = clips.compute.pin_memory", "pin = pin_memory(device_of(clips.device))")
+    views.write_text(
+        "from fedvssl.models.device import device_of\nfrom fedvssl.models.precision import pin_memory\n" + body
+    )
+    before = {(c.caller, c.callee) for c in config_walk() if c.climbs}
+    after = {(c.caller, c.callee) for c in config_walk(tmp_path) if c.climbs}
+    assert after - before == {("fedvssl.downstream.views:view_loader", "fedvssl.models.device:device_of")}
