@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import ROOT, make_speed, one_error_line, run_main, run_module
 from PIL import Image
 
@@ -68,8 +69,9 @@ def test_cache_frames_are_the_decoded_frames_resized_within_jpeg_error(world, tm
     for path in paths:
         decoded = DecordReader().get_frames(path, np.arange(DecordReader().num_frames(path)))
         resized = decoded
-        if short_side < min(decoded.shape[1:3]):  # the training resize (bilinear, on uint8)
-            resized = T.resize_short_side(T.to_clip(decoded), short_side).permute(0, 2, 3, 1).numpy()
+        if short_side < min(decoded.shape[1:3]):  # the training resize (bilinear), rounded back to uint8
+            clip = T.resize_short_side(T.to_clip(decoded), short_side)
+            resized = clip.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
         assert reader.num_frames(path) == len(decoded)
         got = reader.get_frames(path, np.arange(len(decoded)))
         assert got.shape == (len(decoded), *hw, 3) and got.dtype == np.uint8

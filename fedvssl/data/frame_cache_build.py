@@ -38,7 +38,7 @@ CHUNK = 32  # frames decoded, resized and encoded at a time: a 1080p chunk is 20
 
 
 def cached_frames(frames: np.ndarray, short_side: int) -> np.ndarray:
-    """Frames at short side ``short_side`` with the training resize (bilinear, on uint8).
+    """Frames at short side ``short_side`` with the training resize (bilinear), back to uint8.
 
     Frames whose short side is already at most ``short_side`` are kept as decoded: a cache
     never enlarges, so a small video reads from the cache exactly as from its decoder.
@@ -46,7 +46,7 @@ def cached_frames(frames: np.ndarray, short_side: int) -> np.ndarray:
     if min(frames.shape[1:3]) <= short_side:
         return frames
     clip = T.resize_short_side(T.to_clip(frames), short_side)
-    return clip.permute(0, 2, 3, 1).contiguous().numpy()
+    return clip.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def is_fresh(folder: str | Path, path: str, manifest: Manifest) -> int | None:

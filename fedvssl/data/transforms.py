@@ -1,11 +1,8 @@
 """Clip transforms as tensor operations, one parameter draw per clip.
 
 They mirror CtP's Group* transforms (see docs/data.md, "Samplers and augmentations") but act on a
-whole clip at once: a clip is a tensor [T, 3, H, W] with values in [0, 255] until
-:func:`normalize` turns it into the model's float [3, T, H, W] input. Resizing and cropping act
-on the decoder's uint8 frames, as CtP's (OpenCV's) resize does: the bilinear resize rounds to
-whole grey levels, and runs about twice as fast as on floats. The per-pixel jitters then work
-in float (:func:`to_float`).
+whole clip at once: a clip is a float tensor [T, 3, H, W] with values in [0, 255]
+until :func:`normalize` turns it into the model's [3, T, H, W] input.
 """
 
 from __future__ import annotations
@@ -37,17 +34,12 @@ def at_crop(size: float, crop: int, minimum: int = 1) -> int:
 
 
 def to_clip(frames: np.ndarray) -> torch.Tensor:
-    """uint8 [T, H, W, 3] RGB frames -> uint8 [T, 3, H, W], a view (channels last in memory)."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
-
-
-def to_float(clip: torch.Tensor) -> torch.Tensor:
-    """A clip as a contiguous float [T, 3, H, W] in [0, 255], for the per-pixel jitters."""
-    return clip.to(torch.float32, memory_format=torch.contiguous_format)
+    """uint8 [T, H, W, 3] RGB frames -> float [T, 3, H, W] in [0, 255]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
 
 
 def resize(clip: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bilinear resize of every frame (OpenCV's INTER_LINEAR convention); uint8 stays uint8, rounded."""
+    """Bilinear resize of every frame (OpenCV's INTER_LINEAR convention)."""
     if clip.shape[-2:] == (height, width):
         return clip
     return F.interpolate(clip, size=(height, width), mode="bilinear", align_corners=False)
@@ -80,7 +72,7 @@ def random_flip(clip: torch.Tensor, p: float, rng: np.random.Generator) -> torch
 
 def random_flip_crop(clip: torch.Tensor, size: int, p: float, rng: np.random.Generator) -> torch.Tensor:
     """:func:`random_flip` then :func:`random_crop`: the same draws and pixels, but only the crop is
-    flipped (the mirrored window of the unflipped clip). The result is :func:`to_float`'s."""
+    flipped (the mirrored window of the unflipped clip). The result is contiguous."""
     flip = rng.random() < p
     h, w = clip.shape[-2:]
     top = int(rng.integers(0, h - size + 1))
@@ -88,7 +80,7 @@ def random_flip_crop(clip: torch.Tensor, size: int, p: float, rng: np.random.Gen
     if flip:
         left = w - size - left
     crop = clip[..., top : top + size, left : left + size]
-    return to_float(crop.flip(-1) if flip else crop)
+    return crop.flip(-1).contiguous() if flip else crop.contiguous()
 
 
 def random_brightness(clip: torch.Tensor, p: float, delta: float, rng: np.random.Generator) -> torch.Tensor:
@@ -142,7 +134,7 @@ def random_hue_saturation(
 
 
 def normalize(clip: torch.Tensor) -> torch.Tensor:
-    """[T, 3, H, W] in [0, 255] (uint8 or float) -> ImageNet-normalised float [3, T, H, W]."""
+    """[T, 3, H, W] in [0, 255] -> ImageNet-normalised [3, T, H, W]."""
     # (clip - mean) / std, written straight into the [3, T, H, W] layout: one pass over the
     # (often strided) clip instead of three copies.
     t, _, h, w = clip.shape

@@ -265,7 +265,7 @@ class CtP(SSLMethod):
         clip = T.to_clip(read_clip(reader, path, idx))
         clip = T.resize_short_side(clip, int(rng.choice(self.scales)))
         clip = T.random_crop(clip, self.crop_size, rng)
-        clip = T.to_float(T.random_flip(clip, self.flip_p, rng))
+        clip = T.random_flip(clip, self.flip_p, rng)
         trajs = self.trajectories(self.clip_len, self.crop_size, self.crop_size, rng)
         clip = paste_patches(clip, trajs, rng, self.label_prob, self.patch_key_frame_probs)
         clip = T.random_hue_saturation(clip, *self.hue_saturation, rng)
