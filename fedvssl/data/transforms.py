@@ -72,7 +72,8 @@ def random_flip(clip: torch.Tensor, p: float, rng: np.random.Generator) -> torch
 
 def random_flip_crop(clip: torch.Tensor, size: int, p: float, rng: np.random.Generator) -> torch.Tensor:
     """:func:`random_flip` then :func:`random_crop`: the same draws and pixels, but only the crop is
-    flipped (the mirrored window of the unflipped clip). The result is contiguous."""
+    flipped (the mirrored window of the unflipped clip). A flipped crop is a contiguous copy, an
+    unflipped one a view: the jitters and :func:`normalize` read it in place, without a copy first."""
     flip = rng.random() < p
     h, w = clip.shape[-2:]
     top = int(rng.integers(0, h - size + 1))
@@ -80,7 +81,7 @@ def random_flip_crop(clip: torch.Tensor, size: int, p: float, rng: np.random.Gen
     if flip:
         left = w - size - left
     crop = clip[..., top : top + size, left : left + size]
-    return crop.flip(-1).contiguous() if flip else crop.contiguous()
+    return crop.flip(-1) if flip else crop
 
 
 def random_brightness(clip: torch.Tensor, p: float, delta: float, rng: np.random.Generator) -> torch.Tensor:
