@@ -10,6 +10,7 @@ the resize is given: short sides (Speed) or fixed ``(height, width)`` pairs
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,22 +36,14 @@ class TrainPreset:
         self.hue_saturation = tuple(hue_saturation)
 
     @classmethod
-    def at_reference(
-        cls,
-        sizes: Sequence[int] | Sequence[tuple[int, int]],
-        crop: int,
-        flip_p: float,
-        brightness: tuple[float, float],
-        contrast: tuple[float, float],
-        hue_saturation: tuple[float, float, float],
-    ) -> TrainPreset:
+    def at_reference(cls, sizes: Sequence[int] | Sequence[tuple[int, int]], crop: int, *rest: Any) -> TrainPreset:
         """The preset for resize ``sizes`` given at the reference 112 crop, as the configs give them:
-        scaled to ``crop``, never below it."""
+        scaled to ``crop``, never below it. ``rest``: the flip probability and the jitters, as above."""
         scaled = [
             T.at_crop(s, crop, crop) if isinstance(s, int) else tuple(T.at_crop(x, crop, crop) for x in s)
             for s in sizes
         ]
-        return cls(scaled, crop, flip_p, brightness, contrast, hue_saturation)
+        return cls(scaled, crop, *rest)
 
     def resize(self, clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         if isinstance(self.sizes[0], int):  # short sides, as CtP's GroupScale for Speed
