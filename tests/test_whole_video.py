@@ -77,6 +77,19 @@ def test_a_video_that_does_not_decode_whole_is_read_clip_by_clip(videos):
     assert whole.inner.decodes == [(path, SPEC.num_frames), (path, 3), (path, 2), (path, 1)]  # whole tried once
 
 
+def test_clips_in_any_order_come_straight_from_memory_or_sorted_from_the_decoder(videos):
+    """read_clip asks the whole-video reader for a clip as it is (reversed, repeated frames); a
+    video that does not decode whole still reaches its decoder once per distinct frame, in order."""
+    path, idx = videos[0], np.array([8, 0, 8, 4, 19, 19])
+    expected = DecordReader().get_frames(path, idx)
+    whole = WholeVideoReader(Counting(DecordReader()), DecodedVideos(2**30))
+    np.testing.assert_array_equal(read_clip(whole, path, idx), expected)
+    assert whole.inner.decodes == [(path, SPEC.num_frames)]
+    piecewise = WholeVideoReader(Counting(DecordReader(), most=8), DecodedVideos(2**30))
+    np.testing.assert_array_equal(read_clip(piecewise, path, idx), expected)
+    assert piecewise.inner.decodes == [(path, SPEC.num_frames), (path, 4)]  # 0, 4, 8, 19
+
+
 def test_later_readers_of_the_process_reuse_the_frames_and_a_changed_file_is_decoded_anew(tmp_path):
     path = tmp_path / "v.mp4"
     write_video(path, render_video("orbit_cw", np.random.default_rng(0), SPEC), SPEC.fps)

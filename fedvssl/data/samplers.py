@@ -30,6 +30,12 @@ def uniform_clip_starts(num_frames: int, clip_len: int, stride: int, num_clips: 
 
 
 def read_clip(reader: VideoReader, path: str, indices: np.ndarray) -> np.ndarray:
-    """Decode each distinct frame once, in sorted order, then restore the requested order."""
+    """Decode each distinct frame once, in sorted order, then restore the requested order.
+
+    A reader that takes indices in any order (``any_order``: whole videos held in memory) is
+    asked for them as they are: the same frames without sorting and gathering twice.
+    """
+    if getattr(reader, "any_order", False):
+        return reader.get_frames(path, indices)
     unique, inverse = np.unique(np.asarray(indices), return_inverse=True)
     return reader.get_frames(path, unique)[inverse]

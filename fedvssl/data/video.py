@@ -137,6 +137,8 @@ class WholeVideoReader:
     a video that does not decode whole is read clip by clip as before.
     """
 
+    any_order = True  # get_frames takes indices in any order, repeats included (samplers.read_clip)
+
     def __init__(self, inner: VideoReader, store: DecodedVideos) -> None:
         self.inner, self.store = inner, store
         self.name = f"{inner.name}, whole videos in memory"
@@ -158,8 +160,9 @@ class WholeVideoReader:
                 self._clip_by_clip.add(path)  # its clips fail (or not) one by one, as without this reader
             else:
                 self.store.keep(key, frames)
-        if frames is None:
-            return self.inner.get_frames(path, indices)
+        if frames is None:  # the inner reader decodes each distinct frame once, in order
+            unique, inverse = np.unique(np.asarray(indices), return_inverse=True)
+            return self.inner.get_frames(path, unique)[inverse]
         return frames[np.clip(np.asarray(indices, dtype=np.int64), 0, len(frames) - 1)]
 
 
