@@ -36,6 +36,35 @@ def test_samples_are_deterministic_and_normalised(world):
     assert not torch.equal(a["imgs"], other_round["imgs"])
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_a_repeated_frame_is_augmented_once_with_the_values_of_the_whole_clip(world, seed):
+    """Stride 0 augments its one frame and repeats it: every value equals the whole clip's chain,
+    draw for draw (flips and every jitter drawn half of the time across the seeds)."""
+    from fedvssl.data.samplers import read_clip
+    from fedvssl.data.video import make_reader
+
+    records, _ = read_kinetics_csv(world / "kinetics400/annotations/train.csv", world / "kinetics400")
+    speed, reader, path = make_speed(clip_len=6), make_reader(), records[seed].path
+    speed.augment.brightness, speed.augment.contrast = (0.5, 32), (0.5, 0.2)
+    speed.augment.hue_saturation = (0.5, 12, 0.1)
+
+    class StrideZero(np.random.Generator):  # the label draw picks stride 0; every later draw is the seed's
+        def integers(self, *args, **kwargs):
+            self.integers = super().integers
+            return STRIDES.index(0)
+
+    chain, augmented = speed.augment, []
+    speed.augment = lambda frames, rng: augmented.append(len(frames)) or chain(frames, rng)
+    fast = speed.sample(reader, path, reader.num_frames(path), StrideZero(np.random.PCG64(seed)))
+    assert augmented == [1]  # one frame through the chain, not six
+    rng = np.random.default_rng(seed)
+    idx = speed.indices(reader.num_frames(path), STRIDES.index(0), rng)
+    assert len(set(idx.tolist())) == 1
+    whole = chain(read_clip(reader, path, idx), rng)
+    assert fast["label"] == STRIDES.index(0) and fast["imgs"].is_contiguous()
+    assert torch.equal(fast["imgs"], whole)
+
+
 def test_head_layout_and_init():
     model = make_speed().build_model(seed=3)
     sd = model.state_dict()
