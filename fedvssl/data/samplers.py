@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedvssl.data.video import VideoReader
+from fedvssl.data.video import VideoReader, sorted_frames
 
 
 def random_clip_indices(
@@ -30,12 +30,10 @@ def uniform_clip_starts(num_frames: int, clip_len: int, stride: int, num_clips: 
 
 
 def read_clip(reader: VideoReader, path: str, indices: np.ndarray) -> np.ndarray:
-    """Decode each distinct frame once, in sorted order, then restore the requested order.
-
-    A reader that takes indices in any order (``any_order``: whole videos held in memory) is
-    asked for them as they are: the same frames without sorting and gathering twice.
+    """A clip's frames in the order asked: each distinct frame decoded once, in sorted order
+    (:func:`~fedvssl.data.video.sorted_frames`), or, from a reader that takes indices in any order
+    (``any_order``: whole videos held in memory), as they are, without sorting and gathering twice.
     """
     if getattr(reader, "any_order", False):
         return reader.get_frames(path, indices)
-    unique, inverse = np.unique(np.asarray(indices), return_inverse=True)
-    return reader.get_frames(path, unique)[inverse]
+    return sorted_frames(reader, path, indices)

@@ -160,10 +160,15 @@ class WholeVideoReader:
                 self._clip_by_clip.add(path)  # its clips fail (or not) one by one, as without this reader
             else:
                 self.store.keep(key, frames)
-        if frames is None:  # the inner reader decodes each distinct frame once, in order
-            unique, inverse = np.unique(np.asarray(indices), return_inverse=True)
-            return self.inner.get_frames(path, unique)[inverse]
+        if frames is None:
+            return sorted_frames(self.inner, path, indices)
         return frames[np.clip(np.asarray(indices, dtype=np.int64), 0, len(frames) - 1)]
+
+
+def sorted_frames(reader: VideoReader, path: str, indices: list[int] | np.ndarray) -> np.ndarray:
+    """Decode each distinct frame once, in sorted order, then restore the requested order."""
+    unique, inverse = np.unique(np.asarray(indices), return_inverse=True)
+    return reader.get_frames(path, unique)[inverse]
 
 
 BUDGET_ENV = "FEDVSSL_DECODED_VIDEOS_MB"

@@ -80,7 +80,7 @@ def build_classifier(
         torch.manual_seed(seed)
         model = TSNClassifier(num_classes, dropout, size)
     if state is not None:
-        load_backbone(model.backbone, {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+        load_backbone(model.backbone, state)
     return model
 
 

@@ -111,8 +111,9 @@ class R3D18(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
-def load_backbone(backbone: R3D18, state: dict[str, torch.Tensor]) -> None:
-    """Strictly load a backbone from a state that may carry the ``backbone.`` prefix."""
+def load_backbone(backbone: R3D18, state: Mapping[str, torch.Tensor | np.ndarray]) -> None:
+    """Strictly load a backbone from a state (tensors or arrays) that may carry the ``backbone.`` prefix."""
+    state = {k: torch.as_tensor(v) for k, v in state.items()}
     stripped = {k.removeprefix(BACKBONE_PREFIX): v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
     backbone.load_state_dict(stripped or state, strict=True)
 
@@ -124,5 +125,5 @@ def seeded_backbone(state: Mapping[str, np.ndarray] | None, seed: int, size: Bac
         torch.manual_seed(seed)
         backbone = R3D18(ctp_strides=False, size=size)
     if state is not None:
-        load_backbone(backbone, {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+        load_backbone(backbone, state)
     return backbone

@@ -43,7 +43,6 @@ class Speed(SSLMethod):
     ) -> None:
         super().__init__(clip_len, crop_size, optimizer, backbone)
         self.augment = TrainPreset.at_reference(scales, self.crop_size, flip_p, brightness, contrast, hue_saturation)
-        self.scales = self.augment.sizes  # the short sides at this crop
         self.dropout = dropout
 
     def build_head(self) -> nn.Module:
